@@ -1,0 +1,1 @@
+"""Model wrappers used by scoring stages (fastText, KenLM, served LMs)."""

@@ -1,0 +1,1 @@
+"""Runnable Sluice jobs and the `sluice` command line."""

@@ -1,0 +1,201 @@
+"""A Sluice job: YAML config -> Beam pipeline -> Arrow shards, manifest.json and stats.json.
+
+The pipeline is a readable chain: Ingest, the configured stages in order, then the documents
+sink and the dead-letter sink. Locally it runs on Beam's FnApiRunner with one worker process per
+core (the plain DirectRunner would first try to download Prism); `--runner DataflowRunner` (or the
+portable runner for Flink/Spark) with the usual options runs the same graph remotely.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+import uuid
+from dataclasses import field
+from typing import Any, Optional
+
+import apache_beam as beam
+import yaml
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, SetupOptions,
+                                                  StandardOptions, TestOptions)
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from transforms.accounting import run_stats, summary
+from transforms.config import ConfigError, config_dataclass, parse, to_dict
+from transforms.ingest import IngestConfig, InputSpec, ReadDocuments
+from transforms.sink import SinkConfig, finalize_output
+from transforms.stage import JobContext, build_stage
+
+VERSION = "0.1.0"
+DOCUMENTS, DEAD_LETTER = "documents", "dead_letter"
+
+
+@config_dataclass
+class JobConfig:
+    input: list[InputSpec]
+    output: str
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    split: str = "train"
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+
+
+# --- config loading -----------------------------------------------------------------------------
+
+def set_dotted(data: dict, assignment: str) -> None:
+    """Apply `--set a.b.0.c=value` (value parsed as YAML) to nested config data."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got '{assignment}'")
+    key, raw = assignment.split("=", 1)
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        child = node[int(part)] if isinstance(node, list) else node.get(part)
+        if child is None:
+            if isinstance(node, list):
+                raise ConfigError(f"--set: no '{'.'.join(parts[:i + 1])}' in the config")
+            child = node[part] = {}
+        node = child
+    last = parts[-1]
+    value = yaml.safe_load(raw)
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(path: Optional[str], inputs: Optional[list[str]] = None,
+                output: Optional[str] = None, sets: Optional[list[str]] = None) -> dict:
+    """The resolved config data: YAML file, then `--input`/`--output`, then `--set` overrides."""
+    data: dict = {}
+    if path:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a job config must be a mapping")
+    data = copy.deepcopy(data)
+    if inputs:
+        data["input"] = [{"path": p} for p in inputs]
+    if output:
+        data["output"] = output
+    for assignment in sets or []:
+        set_dotted(data, assignment)
+    if isinstance(data.get("input"), (str, dict)):
+        data["input"] = [data["input"]]
+    data["input"] = [{"path": i} if isinstance(i, str) else i for i in data.get("input") or []]
+    return data
+
+
+def config_hash(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def code_version() -> dict:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        git = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    return {"version": VERSION, "git": git}
+
+
+# --- runner -------------------------------------------------------------------------------------
+
+def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
+    """Options and runner: FnApiRunner over all cores unless `--runner` is given."""
+    options = PipelineOptions(beam_args)
+    runner_name = options.view_as(StandardOptions).runner
+    if runner_name is None or runner_name in ("FnApiRunner", "DirectRunner"):
+        direct = options.view_as(DirectOptions)
+        if not direct.direct_num_workers:
+            direct.direct_num_workers = os.cpu_count() or 1
+        if direct.direct_num_workers > 1 and direct.direct_running_mode == "in_memory":
+            direct.direct_running_mode = "multi_processing"
+        return options, FnApiRunner()
+    setup = options.view_as(SetupOptions)
+    if setup.setup_file is None and runner_name == "DataflowRunner":
+        setup.setup_file = os.path.join(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))), "setup.py")
+    return options, None
+
+
+def is_local(options: PipelineOptions) -> bool:
+    return options.view_as(StandardOptions).runner in (None, "FnApiRunner", "DirectRunner")
+
+
+# --- the job ------------------------------------------------------------------------------------
+
+def build(pipeline: beam.Pipeline, job: JobConfig, context: JobContext) -> None:
+    """Ingest -> stages -> documents sink, with every stage's rejects to the dead-letter sink."""
+    documents, rejects = pipeline | "Ingest" >> ReadDocuments(job.input, job.ingest)
+    all_rejects = [rejects]
+    for index, entry in enumerate(job.stages):
+        label, stage = build_stage(entry, index, context)
+        documents, stage_rejects = documents | label >> stage
+        all_rejects.append(stage_rejects)
+    documents | "WriteDocuments" >> context.sink(DOCUMENTS, job.split, count_kept=True)
+    (all_rejects
+     | "CollectRejects" >> beam.Flatten()
+     | "WriteDeadLetter" >> context.sink(DEAD_LETTER, DEAD_LETTER))
+
+
+def _write_json(path: str, data: dict) -> None:
+    """Write JSON atomically: a temporary name, then rename."""
+    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(temp) as f:
+        f.write(json.dumps(data, indent=2, default=str).encode())
+    FileSystems.rename([temp], [path])
+
+
+def run_job(data: dict, beam_args: list[str], build_fn=build, log=print) -> dict:
+    """Run a job from resolved config data; returns stats (raises if accounting is off)."""
+    job = parse(JobConfig, data)
+    for index, entry in enumerate(job.stages):  # validate every stage before anything runs
+        build_stage(entry, index, JobContext("", "", job.sink))
+    options, runner = pipeline_options(beam_args)
+    if not is_local(options):
+        local = [s.path for s in job.input if "://" not in s.path]
+        if "://" not in job.output or local:
+            raise ConfigError("a remote runner needs input and output on shared storage "
+                              f"(gs://, s3://), got output '{job.output}' inputs {local}")
+    started = dt.datetime.now(dt.timezone.utc)
+    run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    staging = FileSystems.join(job.output, f".staging-{run_id}")
+    context = JobContext(job.output, staging, job.sink)
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build_fn(pipeline, job, context)
+    log(f"sluice: running {len(job.stages)} stage(s) "
+        f"[{', '.join(next(iter(s)) for s in job.stages) or 'ingest only'}] -> {job.output}")
+    result = pipeline.run()
+    result.wait_until_finish()
+    if options.view_as(TestOptions).dry_run:
+        log("sluice: dry run: the job graph was built and not submitted")
+        return {}
+    if str(result.state) not in ("DONE", "PipelineState.DONE"):
+        raise RuntimeError(f"pipeline ended in state {result.state}")
+    stats = run_stats(result)
+    outputs = {name: finalize_output(f"{staging}/{name}", FileSystems.join(job.output, name), split)
+               for name, split in context.outputs.items()}
+    FileSystems.delete([staging])
+    manifest = {
+        "sluice": code_version(),
+        "started": started.isoformat(),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "config": to_dict(job) | {"stages": job.stages},
+        "config_hash": config_hash(data),
+        "totals": outputs[DOCUMENTS]["totals"],
+        "sources": outputs[DOCUMENTS]["sources"],
+        "outputs": outputs,
+        "stats": stats,
+    }
+    _write_json(FileSystems.join(job.output, "stats.json"), stats)
+    _write_json(FileSystems.join(job.output, "manifest.json"), manifest)
+    log(summary(stats))
+    if not stats["balanced"]:
+        raise RuntimeError("accounting does not balance: input != kept + dropped + failed")
+    return stats

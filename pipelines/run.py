@@ -1,0 +1,20 @@
+"""`sluice run CONFIG [--input GLOB ...] [--output DIR] [--set key=value ...]`."""
+from __future__ import annotations
+
+from pipelines.job import load_config, run_job
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("run", help="run a job from a YAML config")
+    p.add_argument("config", help="YAML job config (see configs/)")
+    p.add_argument("--input", action="append", metavar="GLOB",
+                   help="input glob(s), replacing the config's inputs (repeatable)")
+    p.add_argument("--output", metavar="DIR", help="output folder, replacing the config's")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a config value by dotted key, e.g. ingest.batch_size=500")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    run_job(load_config(args.config, args.input, args.output, args.set), args.beam_args)
+    return 0

@@ -1,0 +1,28 @@
+"""Sluice: a data-curation pipeline for LLM pretraining corpora on Apache Beam.
+
+The same file packages the project for Dataflow workers (`--setup_file ./setup.py`).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="sluice",
+    version="0.1.0",
+    description="Data curation for LLM pretraining corpora on Apache Beam",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
+                                    "classifiers", "classifiers.*"]),
+    install_requires=[
+        "apache-beam[gcp]==2.77.0",
+        "pyarrow>=17,<26",
+        "pydantic>=2.7,<3",
+        "pyyaml>=6",
+        "zstandard>=0.22",
+        "xxhash>=3.4",
+        "resiliparse==2.0.0",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["sluice=pipelines.cli:main"]},
+)

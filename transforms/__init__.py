@@ -1,0 +1,1 @@
+"""Reusable Sluice PTransforms and DoFns: ingest, stages, sinks, accounting."""

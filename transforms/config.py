@@ -1,0 +1,55 @@
+"""Validated configuration dataclasses.
+
+Every stage and job setting is a pydantic dataclass with `extra="forbid"` and strict types, so an
+unknown key or a wrong type in YAML fails before anything runs, with a message naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, TypeVar
+
+import pydantic
+from pydantic import ConfigDict, TypeAdapter
+
+T = TypeVar("T")
+
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def config_dataclass(cls):
+    """Decorator: a dataclass validated strictly, rejecting unknown keys."""
+    return pydantic.dataclasses.dataclass(cls, config=STRICT)
+
+
+class ConfigError(ValueError):
+    """A job configuration that cannot run; the message names the offending key."""
+
+
+def parse(cls: type[T], data: Any, where: str = "") -> T:
+    """Validate `data` (a mapping from YAML) into `cls`, naming the offending key on error."""
+    if data is None:
+        data = {}
+    try:
+        # JSON mode: strict types (no "5" -> 5), yet mappings are accepted for dataclasses.
+        return TypeAdapter(cls).validate_json(json.dumps(data, default=str))
+    except pydantic.ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(p) for p in (where, *error["loc"]) if p != "")
+            if error["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            else:
+                problems.append(f"'{key}': {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError("invalid config: " + "; ".join(problems)) from None
+
+
+def to_dict(config: Any) -> Any:
+    """A config dataclass back to plain data (for manifests and config hashes)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config

@@ -1,0 +1,306 @@
+"""Ingest: JSONL (plain/.gz/.zst), Parquet, Arrow IPC, WARC and WET into the document schema.
+
+Each input file is read by one worker and emitted as record batches of `batch_size` documents;
+a `Reshuffle` then spreads the batches across workers. Every record read counts as `input`;
+records that cannot become documents are failed (malformed JSON, invalid UTF-8, non-text) and
+empty or oversized documents are dropped, each with its reason in the dead-letter output.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from dataclasses import dataclass
+from typing import Iterator, Literal, Optional
+
+import apache_beam as beam
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.accounting import INPUT, Rejects, count
+from transforms.config import ConfigError, config_dataclass
+from transforms.documents import ID, SOURCE, TEXT, URL, batch_from_rows, content_id
+from transforms.progress import Progress
+
+REJECTS = "rejects"
+FORMATS = ("jsonl", "parquet", "arrow", "warc", "wet")
+
+
+@config_dataclass
+class InputSpec:
+    """One input glob. `source` names the domain for mixing (default: the file's name stem)."""
+
+    path: str
+    format: Literal["auto", "jsonl", "parquet", "arrow", "warc", "wet"] = "auto"
+    source: Optional[str] = None
+    text_field: str = "text"
+    id_field: str = "id"
+    url_field: str = "url"
+
+
+@config_dataclass
+class IngestConfig:
+    batch_size: int = 1000
+    max_chars: int = 1_000_000
+    payload_limit: int = 65536
+
+
+@dataclass
+class Failure:
+    """A record that could not be read as a document."""
+
+    reason: str
+    payload: object
+    detail: str = ""
+    doc_id: Optional[str] = None
+
+
+_COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd", ".bz2", ".xz")
+
+
+def detect_format(path: str) -> str:
+    name = os.path.basename(path).lower()
+    for suffix in _COMPRESSION_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    if ".wet" in name:
+        return "wet"
+    if name.endswith(".warc") or name.endswith(".arc"):
+        return "warc"
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".arrow", ".feather", ".ipc")):
+        return "arrow"
+    raise ConfigError(f"cannot tell the format of '{path}': set 'format' on its input "
+                      f"(one of {', '.join(FORMATS)})")
+
+
+def source_from_path(path: str) -> str:
+    name = os.path.basename(path)
+    return name.split(".", 1)[0] or name
+
+
+def expand_inputs(specs: list[InputSpec]) -> list[tuple[int, str]]:
+    """(input index, file path) for every file the input globs match; an empty glob is an error."""
+    files = []
+    for index, spec in enumerate(specs):
+        matches = FileSystems.match([spec.path])[0].metadata_list
+        if not matches:
+            raise ConfigError(f"input '{spec.path}' matched no files")
+        files += [(index, m.path) for m in sorted(matches, key=lambda m: m.path)]
+    return files
+
+
+# --- raw record readers: path -> dicts or Failures ----------------------------------------------
+
+def _open_decompressed(path: str):
+    """Open a local or remote file, undoing .gz/.zst compression with native stream readers."""
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    lower = path.lower()
+    if lower.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw)
+    if lower.endswith((".zst", ".zstd")):
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+    if lower.endswith((".bz2", ".xz")):
+        return FileSystems.open(path)  # Beam's own decompression covers the rarer codecs
+    return raw
+
+
+def read_jsonl(path: str) -> Iterator[dict | Failure]:
+    with _open_decompressed(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    yield Failure("invalid_utf8", line, str(bad))
+                    continue
+                yield Failure("malformed_json", line, str(exc))
+                continue
+            if not isinstance(record, dict):
+                yield Failure("not_an_object", line, f"JSON {type(record).__name__}, not an object")
+                continue
+            yield record
+
+
+def read_parquet(path: str) -> Iterator[dict | Failure]:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+
+
+def read_arrow(path: str) -> Iterator[dict | Failure]:
+    """Arrow IPC, file or stream format (the file is one shard: read whole, then batch by batch)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        data = pa.py_buffer(f.read())
+    try:
+        reader = pa.ipc.open_file(data)
+        batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+    except pa.ArrowInvalid:
+        batches = pa.ipc.open_stream(data)
+    for batch in batches:
+        yield from batch.to_pylist()
+
+
+def read_warc(path: str) -> Iterator[dict | Failure]:
+    """HTTP responses of a WARC, HTML reduced to main text by resiliparse."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for record in ArchiveIterator(f, record_types=WarcRecordType.response, parse_http=True):
+            record_id = record.record_id
+            body = record.reader.read()
+            status = record.http_headers.status_code if record.http_headers else None
+            content_type = (record.http_content_type or "").lower()
+            if status is not None and status != 200:
+                yield Failure("http_status", body, f"HTTP status {status}", record_id)
+                continue
+            if "html" not in content_type and "text" not in content_type:
+                yield Failure("non_text", body, f"content type {content_type or 'unknown'}",
+                              record_id)
+                continue
+            html = bytes_to_str(body, record.http_charset or detect_encoding(body))
+            text = extract_plain_text(html, main_content=True) if "html" in content_type else html
+            yield {ID: record_id, TEXT: text, URL: record.headers.get("WARC-Target-URI"),
+                   "warc_date": record.headers.get("WARC-Date"), "content_type": content_type}
+
+
+def read_wet(path: str) -> Iterator[dict | Failure]:
+    """Conversion records of a WET file: the payload is already the page text."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for record in ArchiveIterator(f, record_types=WarcRecordType.conversion, parse_http=False):
+            body = record.reader.read()
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                yield Failure("invalid_utf8", body, str(bad), record.record_id)
+                continue
+            yield {ID: record.record_id, TEXT: text, URL: record.headers.get("WARC-Target-URI"),
+                   "warc_date": record.headers.get("WARC-Date"),
+                   "warc_language": record.headers.get("WARC-Identified-Content-Language")}
+
+
+READERS = {"jsonl": read_jsonl, "parquet": read_parquet, "arrow": read_arrow,
+           "warc": read_warc, "wet": read_wet}
+
+
+# --- records to documents -----------------------------------------------------------------------
+
+def to_document(record: dict, spec: InputSpec, default_source: str) -> dict | Failure:
+    """Map one raw record onto the document schema, keeping every other field as-is."""
+    text = record.pop(spec.text_field, None) if spec.text_field != TEXT else record.get(TEXT)
+    if text is None:
+        return Failure("missing_text", record, f"no '{spec.text_field}' field")
+    if not isinstance(text, str):
+        return Failure("non_text", record, f"'{spec.text_field}' is {type(text).__name__}")
+    raw_id = record.pop(spec.id_field, None) if spec.id_field != ID else record.get(ID)
+    doc = {ID: str(raw_id) if raw_id is not None else content_id(text), TEXT: text}
+    record_source = record.get(SOURCE)
+    doc[SOURCE] = spec.source or (record_source if isinstance(record_source, str) else None) \
+        or default_source
+    if spec.source and record_source is not None and record_source != spec.source:
+        doc["input_source"] = record_source
+    url = record.pop(spec.url_field, None) if spec.url_field != URL else record.get(URL)
+    doc[URL] = url if isinstance(url, str) else None
+    for key, value in record.items():
+        if key not in doc and key not in (SOURCE, URL):
+            doc[key] = value
+    return doc
+
+
+def check_size(doc: dict, max_chars: int) -> Optional[str]:
+    """The drop reason for a document that is empty or oversized, else None."""
+    text = doc[TEXT]
+    if not text.strip():
+        return "empty"
+    if len(text) > max_chars:
+        return "too_long"
+    return None
+
+
+class ReadFileFn(beam.DoFn):
+    """(input index, path) -> document batches, plus rejected records on the `rejects` output."""
+
+    def __init__(self, specs: list[InputSpec], config: IngestConfig):
+        self.specs = specs
+        self.config = config
+
+    def setup(self):
+        self.progress = Progress("ingest")
+
+    def process(self, element):
+        index, path = element
+        spec = self.specs[index]
+        fmt = spec.format if spec.format != "auto" else detect_format(path)
+        default_source = source_from_path(path)
+        rejects = Rejects("ingest", self.config.payload_limit)
+        docs: list[dict] = []
+        records = READERS[fmt](path)
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                break
+            except Exception as exc:  # a corrupt file fails once, keeping what was read
+                count(INPUT)
+                rejects.fail("read_error", None, default_source, path,
+                             f"{path}: {type(exc).__name__}: {exc}")
+                break
+            count(INPUT)
+            doc = record if isinstance(record, Failure) else to_document(record, spec, default_source)
+            if isinstance(doc, Failure):
+                rejects.fail(doc.reason, doc.doc_id, spec.source or default_source, doc.payload,
+                             doc.detail)
+                continue
+            reason = check_size(doc, self.config.max_chars)
+            if reason:
+                rejects.drop(reason, doc[ID], doc[SOURCE], doc, f"{len(doc[TEXT])} chars")
+                continue
+            docs.append(doc)
+            if len(docs) >= self.config.batch_size:
+                yield batch_from_rows(docs)
+                self.progress.add(len(docs))
+                docs = []
+            if len(rejects) >= self.config.batch_size:
+                yield beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch())
+        if docs:
+            yield batch_from_rows(docs)
+            self.progress.add(len(docs))
+        if len(rejects):
+            yield beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch())
+
+
+class ReadDocuments(beam.PTransform):
+    """Read every input glob into document batches; returns (documents, rejects)."""
+
+    def __init__(self, specs: list[InputSpec], config: IngestConfig):
+        super().__init__()
+        self.specs = specs
+        self.config = config
+
+    def expand(self, pbegin):
+        files = expand_inputs(self.specs)
+        for index, path in files:
+            if self.specs[index].format == "auto":
+                detect_format(path)  # fail at construction, not on a worker
+        read = (pbegin
+                | "ListFiles" >> beam.Create(files)
+                | "SpreadFiles" >> beam.Reshuffle()
+                | "ReadFiles" >> beam.ParDo(ReadFileFn(self.specs, self.config))
+                .with_outputs(REJECTS, main="documents"))
+        documents = read.documents | "SpreadBatches" >> beam.Reshuffle()
+        return documents, read[REJECTS]

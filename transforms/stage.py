@@ -1,0 +1,109 @@
+"""Stages: composite PTransforms configured by a dataclass, built by name from a YAML job.
+
+A stage takes a PCollection of document batches and returns `(documents, rejects)`; rejects are
+dead-letter batches (`accounting.REJECT_SCHEMA`). Stages that write extra outputs (dedup clusters,
+say) ask the `JobContext` for a sink, which the job finalizes with the documents.
+
+Per-document logic is a plain function `doc -> [docs]` that raises `Drop(reason)` to remove a
+document (DCLM's mapper shape); `MapDocuments` applies it batch by batch and counts every drop.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import apache_beam as beam
+
+from transforms.accounting import Drop, Rejects
+from transforms.config import ConfigError, parse
+from transforms.documents import ID, SOURCE, batch_from_rows, rows
+from transforms.sink import SinkConfig, WriteArrowShards
+
+REJECTS = "rejects"
+
+# Stage name in YAML -> "module:Class". Modules import lazily so a job loads only what it uses.
+STAGES: dict[str, str] = {}
+
+
+@dataclass
+class JobContext:
+    """What stages need from the job: where outputs go and how shards are written."""
+
+    output_dir: str
+    staging_dir: str
+    sink_config: SinkConfig
+    outputs: dict[str, str] = field(default_factory=dict)  # output name -> split
+
+    def sink(self, name: str, split: str, count_kept: bool = False) -> WriteArrowShards:
+        """A shard sink for output folder `name` (finalized into `output_dir/name`)."""
+        if name in self.outputs:
+            raise ValueError(f"output '{name}' is written twice")
+        self.outputs[name] = split
+        return WriteArrowShards(f"{self.staging_dir}/{name}", split, self.sink_config, count_kept)
+
+
+class Stage(beam.PTransform):
+    """Base of configured stages. Subclasses set `Config` and implement `expand`."""
+
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any, context: JobContext | None = None):
+        super().__init__()
+        self.config = config
+        self.context = context
+
+
+def stage_class(name: str) -> type[Stage]:
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage '{name}' (known: {', '.join(sorted(STAGES)) or 'none'})")
+    module, cls = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_stage(entry: Any, index: int, context: JobContext) -> tuple[str, Stage]:
+    """A YAML stage entry `{name: {params}}` -> (label, configured stage)."""
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise ConfigError(f"'stages.{index}' must be a mapping with one stage name, got {entry!r}")
+    (name, params), = entry.items()
+    cls = stage_class(name)
+    config = parse(cls.Config, params, where=f"stages.{index}.{name}")
+    return f"{index:02d}-{name}", cls(config, context)
+
+
+class MapDocumentsFn(beam.DoFn):
+    """Apply `fn: doc -> [docs]` to every document of every batch; drops and errors dead-letter."""
+
+    def __init__(self, stage: str, fn: Callable[[dict], list[dict]]):
+        self.stage = stage
+        self.fn = fn
+
+    def process(self, batch):
+        rejects = Rejects(self.stage)
+        out: list[dict] = []
+        for doc in rows(batch):
+            try:
+                out.extend(self.fn(doc))
+            except Drop as drop:
+                rejects.drop(drop.reason, doc.get(ID), doc.get(SOURCE), doc, drop.detail)
+            except Exception as exc:  # one bad document must not kill the run
+                rejects.fail(f"{self.stage}_error", doc.get(ID), doc.get(SOURCE), doc,
+                             f"{type(exc).__name__}: {exc}")
+        if out:
+            yield batch_from_rows(out)
+        if len(rejects):
+            yield beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch())
+
+
+class MapDocuments(beam.PTransform):
+    """(documents, rejects) from a per-document function."""
+
+    def __init__(self, stage: str, fn: Callable[[dict], list[dict]]):
+        super().__init__()
+        self.stage = stage
+        self.fn = fn
+
+    def expand(self, batches):
+        out = batches | beam.ParDo(MapDocumentsFn(self.stage, self.fn)).with_outputs(
+            REJECTS, main="documents")
+        return out.documents, out[REJECTS]
