@@ -33,3 +33,40 @@ def shared_data() -> Path:
             pytest.fail(f"CI must have the real sample data at {SHARED_DATA}")
         pytest.skip(f"real sample data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+_COLLECTED: dict[str, list] = {}
+
+
+class _Store:
+    """Pickled by reference (a module-level class), so it writes into this module's store."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __call__(self, elements) -> None:
+        _COLLECTED[self.key] = list(elements)
+
+
+class Collected:
+    """Elements of a PCollection gathered (via `assert_that`) for inspection after the run.
+
+    The in-process runner unpickles the matcher in this same process, so it can hand the
+    elements back through a module-level store keyed by a unique name.
+    """
+
+    def __init__(self, pcoll, label: str):
+        import uuid
+
+        from apache_beam.testing.util import assert_that
+
+        self.key = f"{label}-{uuid.uuid4().hex}"
+        assert_that(pcoll, _Store(self.key), label=f"Collect{label}")
+
+    @property
+    def elements(self) -> list:
+        return _COLLECTED[self.key]
+
+    def rows(self) -> list[dict]:
+        """Rows of collected record batches."""
+        return [row for batch in self.elements for row in batch.to_pylist()]

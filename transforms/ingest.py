@@ -115,6 +115,7 @@ def _open_decompressed(path: str):
 def read_jsonl(path: str) -> Iterator[dict | Failure]:
     with _open_decompressed(path) as f:
         for line in f:
+            line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue
             try:
@@ -202,12 +203,13 @@ READERS = {"jsonl": read_jsonl, "parquet": read_parquet, "arrow": read_arrow,
 
 def to_document(record: dict, spec: InputSpec, default_source: str) -> dict | Failure:
     """Map one raw record onto the document schema, keeping every other field as-is."""
-    text = record.pop(spec.text_field, None) if spec.text_field != TEXT else record.get(TEXT)
-    if text is None:
-        return Failure("missing_text", record, f"no '{spec.text_field}' field")
-    if not isinstance(text, str):
-        return Failure("non_text", record, f"'{spec.text_field}' is {type(text).__name__}")
     raw_id = record.pop(spec.id_field, None) if spec.id_field != ID else record.get(ID)
+    text = record.pop(spec.text_field, None) if spec.text_field != TEXT else record.get(TEXT)
+    if not isinstance(text, str):
+        reason, detail = (("missing_text", f"no '{spec.text_field}' field") if text is None else
+                          ("non_text", f"'{spec.text_field}' is {type(text).__name__}"))
+        return Failure(reason, record | {spec.text_field: text}, detail,
+                       None if raw_id is None else str(raw_id))
     doc = {ID: str(raw_id) if raw_id is not None else content_id(text), TEXT: text}
     record_source = record.get(SOURCE)
     doc[SOURCE] = spec.source or (record_source if isinstance(record_source, str) else None) \

@@ -1,0 +1,71 @@
+"""A tiny random-weight Llama with its own byte-level BPE tokenizer, built locally for tests.
+
+Nothing is downloaded (HF_HUB_OFFLINE=1): the tokenizer is trained with `tokenizers` on real text
+from ../shared/data, the model is `transformers.LlamaForCausalLM` with seeded random weights.
+vLLM's CPU attention kernel needs a head size of at least 32 (hidden 64 with 2 heads). The chat
+template makes the model servable through `/v1/chat/completions` like an instruct model.
+
+    python -m tests.tiny_model OUT_DIR [TEXT_FILE...]
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+VOCAB_SIZE = 384
+MAX_POSITIONS = 4096
+
+
+def _texts(files: Iterable[Path]) -> Iterable[str]:
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)["text"] if path.suffix == ".jsonl" else line
+
+
+def build_tiny_model(out_dir: Path, text_files: list[Path], seed: int = 0) -> Path:
+    """Write tokenizer and model files into `out_dir` (idempotent) and return it."""
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
+        return out_dir
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(_texts(text_files), trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=[BOS, EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS,
+                                   pad_token=PAD, model_max_length=MAX_POSITIONS)
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out_dir)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        max_position_embeddings=MAX_POSITIONS, bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=True, torch_dtype="float32")
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    return out_dir
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1])
+    sources = [Path(p) for p in sys.argv[2:]] or sorted(
+        (Path(__file__).resolve().parent.parent.parent / "shared/data/dclm_quality").glob("*.jsonl"))
+    print(build_tiny_model(target, sources))
