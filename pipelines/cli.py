@@ -12,7 +12,10 @@ import sys
 from transforms.config import ConfigError
 
 # Subcommand modules, in help order; each defines register(subparsers).
-COMMANDS = ["pipelines.run"]
+COMMANDS = [
+    "pipelines.run",
+    "pipelines.rephrase",
+]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ template makes the model servable through `/v1/chat/completions` like an instruc
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,7 +34,8 @@ def _texts(files: Iterable[Path]) -> Iterable[str]:
                 yield json.loads(line)["text"] if path.suffix == ".jsonl" else line
 
 
-def build_tiny_model(out_dir: Path, text_files: list[Path], seed: int = 0) -> Path:
+def build_tiny_model(out_dir: Path, text_files: list[Path], seed: int = 0,
+                     mean_output_tokens: float = 20.0) -> Path:
     """Write tokenizer and model files into `out_dir` (idempotent) and return it."""
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
@@ -59,8 +61,18 @@ def build_tiny_model(out_dir: Path, text_files: list[Path], seed: int = 0) -> Pa
         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
         max_position_embeddings=MAX_POSITIONS, bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
-        tie_word_embeddings=True, torch_dtype="float32")
-    LlamaForCausalLM(config).save_pretrained(out_dir)
+        tie_word_embeddings=False, torch_dtype="float32")
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[0, :] = 0.0
+            layer.mlp.down_proj.weight[0, :] = 0.0
+        # final RMSNorm output of the constant dimension is ~sqrt(hidden) = 8
+        eos_odds = (config.vocab_size - 1) / (mean_output_tokens - 1)
+        model.lm_head.weight[:, 0] = 0.0
+        model.lm_head.weight[config.eos_token_id, 0] = math.log(eos_odds) / 8.0
+    model.save_pretrained(out_dir)
     return out_dir
 
 
@@ -69,3 +81,41 @@ if __name__ == "__main__":
     sources = [Path(p) for p in sys.argv[2:]] or sorted(
         (Path(__file__).resolve().parent.parent.parent / "shared/data/dclm_quality").glob("*.jsonl"))
     print(build_tiny_model(target, sources))
+
+
+# --- pytest fixtures (imported by the test modules that use them) ------------------------------
+
+import pytest  # noqa: E402
+
+_SERVER = None
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tests.conftest import SHARED_DATA
+
+    files = sorted((SHARED_DATA / "dclm_quality").glob("*.jsonl"))
+    if not files:
+        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-llama", files)
+
+
+def server_args() -> list[str]:
+    return ["--max-model-len", "4096", "--dtype", "float32", "--enforce-eager",
+            "--max-num-seqs", "64"]
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir):
+    """One real vLLM server for the whole session (own process group, stopped at the end)."""
+    global _SERVER
+    pytest.importorskip("vllm")
+    from classifiers.vllm_server import VLLMServer
+
+    if _SERVER is None:
+        _SERVER = VLLMServer(str(tiny_model_dir), server_args(),
+                             env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
+                             startup_timeout_s=600)
+    _SERVER.start()
+    yield _SERVER
+    _SERVER.stop()

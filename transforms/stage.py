@@ -23,7 +23,10 @@ from transforms.sink import SinkConfig, WriteArrowShards
 REJECTS = "rejects"
 
 # Stage name in YAML -> "module:Class". Modules import lazily so a job loads only what it uses.
-STAGES: dict[str, str] = {}
+STAGES: dict[str, str] = {
+    "rephrase": "transforms.rephrase:Rephrase",
+    "lm_perplexity": "transforms.lm_perplexity:LMPerplexity",
+}
 
 
 @dataclass

@@ -1,0 +1,245 @@
+"""Start and stop a local vLLM OpenAI-compatible server in its own process group.
+
+`python -m vllm.entrypoints.openai.api_server` (what `vllm serve` runs) is launched under a small
+watchdog in a new session: stopping signals the whole group (API server, engine core, workers),
+and the watchdog kills the group when the process that started it dies without stopping it.
+That is the gap in Beam's vLLM handlers, whose servers outlive the pipeline on local runners.
+
+On a worker, `shared_server` starts one server per machine however many SDK worker processes
+there are (Beam's `MultiProcessShared`), the same sharing Beam's RunInference handlers use.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import field
+from typing import Optional, Sequence
+
+import httpx
+
+from transforms.config import config_dataclass
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ServerError(RuntimeError):
+    """The server exited or did not become ready; the message carries its log tail."""
+
+
+def free_port() -> int:
+    from apache_beam.utils.subprocess_server import pick_port
+
+    port, = pick_port(None)
+    return port
+
+
+class VLLMServer:
+    """One vLLM server process group: `start()` returns the base URL (`.../v1`) once ready."""
+
+    def __init__(self, model: str, args: Sequence[str] = (), port: Optional[int] = None,
+                 host: str = "127.0.0.1", env: Optional[dict[str, str]] = None,
+                 startup_timeout_s: float = 900.0, log_path: Optional[str] = None):
+        self.model = model
+        self.args = list(args)
+        self.host = host
+        self.port = port or free_port()
+        self.env = env or {}
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = log_path or tempfile.mkstemp(prefix="vllm-server-", suffix=".log")[1]
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+                "--host", self.host, "--port", str(self.port), *self.args]
+
+    def start(self) -> str:
+        if self.process is not None and self.process.poll() is None:
+            return self.base_url
+        env = {**os.environ, **self.env,
+               "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
+        watchdog = [sys.executable, "-m", "classifiers.vllm_server", "--watch", str(os.getpid()),
+                    "--", *self.command()]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(watchdog, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env,
+                                            start_new_session=True)
+        self.wait_ready()
+        return self.base_url
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"vLLM server exited with {self.process.returncode}:\n"
+                                  + self.log_tail())
+            try:
+                if httpx.get(f"{self.base_url}/models", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise ServerError(f"vLLM server not ready after {self.startup_timeout_s:.0f}s:\n"
+                          + self.log_tail())
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM the process group, SIGKILL what is left after `grace_s`."""
+        if self.process is None:
+            return
+        kill_group(self.process.pid, grace_s)
+        self.process.wait()
+        self.process = None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, n_bytes: int = 4000) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(self.log_path) - n_bytes))
+            return f.read().decode("utf-8", "replace")
+
+    def __enter__(self) -> "VLLMServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __del__(self):  # a released shared server stops with its last user
+        self.stop()
+
+
+def kill_group(pgid: int, grace_s: float) -> None:
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+
+def shared_server(model: str, args: Sequence[str] = (), env: Optional[dict[str, str]] = None,
+                  startup_timeout_s: float = 900.0):
+    """A handle whose `.acquire()` gives this machine's one server for (model, args), started by
+    the first worker process that asks (Beam `MultiProcessShared`)."""
+    from apache_beam.utils.multi_process_shared import MultiProcessShared
+
+    identity = repr((model, list(args), sorted((env or {}).items())))
+    tag = "sluice-vllm-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+    def construct() -> VLLMServer:
+        server = VLLMServer(model, args, env=env, startup_timeout_s=startup_timeout_s)
+        server.start()
+        return server
+
+    return MultiProcessShared(construct, tag=tag, always_proxy=True)
+
+
+@config_dataclass
+class ServingConfig:
+    """Where an LLM stage sends requests: a running server (`endpoint`) or one it starts on each
+    worker machine (`serve`: a model folder or hub name; `serve_args` go to vLLM verbatim, e.g.
+    `--tensor-parallel-size 4 --max-model-len 8192`)."""
+
+    endpoint: Optional[str] = None
+    serve: Optional[str] = None
+    serve_args: list[str] = field(default_factory=list)
+    serve_env: dict[str, str] = field(default_factory=dict)
+    model: Optional[str] = None       # the served model name (default: `serve`)
+    tokenizer: Optional[str] = None   # for chunking (default: `serve`, else `model`)
+    concurrency: int = 32             # requests in flight per worker process
+    timeout_s: float = 600.0
+    max_attempts: int = 8
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    cache: Optional[str] = None       # request cache folder (local or gs://)
+    startup_timeout_s: float = 1800.0
+
+    def __post_init__(self):
+        if (self.endpoint is None) == (self.serve is None):
+            raise ValueError("set exactly one of 'endpoint' (a running server) and 'serve' "
+                             "(a model to start a server for)")
+        if self.endpoint is not None and self.model is None:
+            raise ValueError("'model' (the served model name) is required with 'endpoint'")
+
+    @property
+    def model_name(self) -> str:
+        return self.model or self.serve
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer or self.serve or self.model
+
+
+class Connection:
+    """A worker's client (and shared local server, with `serve`) for a `ServingConfig`; open it
+    in `DoFn.setup` and close it in `DoFn.teardown`."""
+
+    def __init__(self, config: ServingConfig):
+        self.config = config
+        self.client = None
+        self._shared = self._server = None
+
+    def open(self):
+        from classifiers.vllm_client import VLLMClient
+
+        config = self.config
+        endpoint = config.endpoint
+        if config.serve is not None:
+            args = list(config.serve_args)
+            if config.model and "--served-model-name" not in args:
+                args += ["--served-model-name", config.model]
+            self._shared = shared_server(config.serve, args, config.serve_env,
+                                         config.startup_timeout_s)
+            self._server = self._shared.acquire()
+            endpoint = self._server.start()  # idempotent; a proxy exposes methods only
+        self.client = VLLMClient(endpoint, config.concurrency, config.timeout_s,
+                                 config.max_attempts, config.backoff_s, config.max_backoff_s,
+                                 config.cache)
+        return self.client
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self._server is not None:
+            self._shared.release(self._server)
+            self._server = None
+
+
+def _watch(owner_pid: int, command: list[str]) -> int:
+    """Run `command` in this process group; end the group if `owner_pid` dies first."""
+    child = subprocess.Popen(command)
+    while child.poll() is None:
+        try:
+            os.kill(owner_pid, 0)
+        except ProcessLookupError:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            os.killpg(0, signal.SIGTERM)
+            try:
+                child.wait(timeout=20)
+            finally:
+                os.killpg(0, signal.SIGKILL)  # leftovers, and this watchdog
+        time.sleep(1)
+    return child.returncode
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 4 or sys.argv[1] != "--watch" or sys.argv[3] != "--":
+        sys.exit("usage: python -m classifiers.vllm_server --watch OWNER_PID -- COMMAND...")
+    sys.exit(_watch(int(sys.argv[2]), sys.argv[4:]))

@@ -1,0 +1,75 @@
+"""`sluice rephrase INPUT... (--endpoint URL --model NAME | --serve MODEL) --output DIR
+[--styles S ...] [--cache DIR] [--config YAML] [--set key=value ...]`
+
+Runs the `rephrase` stage (docs/rephrase.md) as a job: OUTPUT/documents/ keeps the inputs,
+OUTPUT/synthetic/ holds the rewrites, OUTPUT/dead_letter/ what was dropped or failed. The cache
+folder outlives runs and output folders: a re-run with the same cache pays only for requests
+that did not finish.
+"""
+from __future__ import annotations
+
+import json
+
+from pipelines.job import load_config, run_job, set_dotted
+from transforms.config import ConfigError
+
+DEFAULT_CONFIG = "configs/rephrase.yaml"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("rephrase", help="LLM rephrasing (WRAP / Nemotron-CC) with vLLM")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input globs")
+    p.add_argument("--output", required=True, metavar="DIR")
+    server = p.add_mutually_exclusive_group()
+    server.add_argument("--endpoint", metavar="URL",
+                        help="a running vLLM server, e.g. http://127.0.0.1:8000/v1")
+    server.add_argument("--serve", metavar="MODEL",
+                        help="start a vLLM server for this model folder or name on each worker")
+    p.add_argument("--model", help="served model name (required with --endpoint)")
+    p.add_argument("--tokenizer", help="tokenizer for chunking (default: the model)")
+    p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                   help="argument passed to the vLLM server, repeatable "
+                        "(--serve-arg=--tensor-parallel-size --serve-arg=2)")
+    p.add_argument("--styles", nargs="+", metavar="STYLE",
+                   help="templates for documents without a quality bucket")
+    p.add_argument("--cache", metavar="DIR", help="request cache folder (local or gs://)")
+    p.add_argument("--concurrency", type=int, help="requests in flight per worker process")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"job config with the rephrase stage (default {DEFAULT_CONFIG})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value by dotted key, e.g. stages.0.rephrase.sampling.seed=1")
+    p.set_defaults(func=_run)
+
+
+def job_data(args) -> dict:
+    """The config file's job with the command-line inputs, output and server settings."""
+    overrides = {
+        "vllm.endpoint": args.endpoint, "vllm.serve": args.serve, "vllm.model": args.model,
+        "vllm.tokenizer": args.tokenizer, "vllm.cache": args.cache,
+        "vllm.concurrency": args.concurrency, "styles": args.styles,
+        "vllm.serve_args": args.serve_arg or None,
+    }
+    data = load_config(args.config, args.inputs, args.output)
+    stages = data.get("stages") or []
+    index = next((i for i, s in enumerate(stages) if isinstance(s, dict) and "rephrase" in s), None)
+    if index is None:
+        raise ConfigError(f"{args.config}: no 'rephrase' stage to configure")
+    stage = stages[index]["rephrase"] = stages[index]["rephrase"] or {}
+    vllm = stage.setdefault("vllm", {})
+    if args.endpoint or args.serve:  # the command line names the server: drop the file's
+        vllm.pop("endpoint", None)
+        vllm.pop("serve", None)
+    for key, value in overrides.items():
+        if value is not None:
+            (vllm if key.startswith("vllm.") else stage)[key.split(".")[-1]] = value
+    for assignment in args.set:
+        set_dotted(data, assignment)
+    return data
+
+
+def _run(args) -> int:
+    data = job_data(args)
+    stats = run_job(data, args.beam_args)
+    print(json.dumps({k: v for k, v in stats.get("counters", {}).items()
+                      if k.startswith("rephrase.")}, indent=2))
+    return 0
