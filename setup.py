@@ -20,9 +20,14 @@ setup(
         "xxhash>=3.4",
         "resiliparse==2.0.0",
         "numpy>=1.26",
+        "fasttext-community==0.11.9",
+        "kenlm==0.3.0",
     ],
     extras_require={
         "test": ["pytest>=8"],
+        "test-quality": ["sentencepiece==0.2.3", "scikit-learn==1.9.1", "lightgbm==4.7.0"],
+        "sentencepiece": ["sentencepiece==0.2.3"],
     },
+    package_data={"transforms": ["data/*"]},
     entry_points={"console_scripts": ["sluice=pipelines.cli:main"]},
 )

@@ -15,6 +15,7 @@ from transforms.config import ConfigError
 COMMANDS = [
     "pipelines.run",
     "pipelines.rephrase",
+    "pipelines.quality",
 ]
 
 

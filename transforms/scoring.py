@@ -66,12 +66,12 @@ class ScoreBatchFn(beam.DoFn):
     def setup(self):
         self.progress = Progress(self.stage)
 
-    def score(self, batch: pa.RecordBatch) -> Scored:
+    def score(self, batch: pa.RecordBatch, *side_inputs) -> Scored:
         raise NotImplementedError
 
-    def process(self, batch):
+    def process(self, batch, *side_inputs):
         rejects = Rejects(self.stage)
-        out = apply_scored(batch, self.score(batch), rejects)
+        out = apply_scored(batch, self.score(batch, *side_inputs), rejects)
         self.progress.add(batch.num_rows)
         if out.num_rows:
             yield out

@@ -26,6 +26,12 @@ REJECTS = "rejects"
 STAGES: dict[str, str] = {
     "rephrase": "transforms.rephrase:Rephrase",
     "lm_perplexity": "transforms.lm_perplexity:LMPerplexity",
+    "heuristics": "transforms.heuristics:HeuristicsStage",
+    "langid": "transforms.langid:LangIdStage",
+    "quality": "transforms.quality:QualityStage",
+    "buckets": "transforms.buckets:BucketsStage",
+    "perplexity": "transforms.perplexity:PerplexityStage",
+    "filter": "transforms.filter:FilterStage",
 }
 
 
