@@ -20,11 +20,12 @@ setup(
         "xxhash>=3.4",
         "resiliparse==2.0.0",
         "numpy>=1.26",
+        "orjson>=3.9",
         "fasttext-community==0.11.9",
         "kenlm==0.3.0",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "datasets>=3"],
         "test-quality": ["sentencepiece==0.2.3", "scikit-learn==1.9.1", "lightgbm==4.7.0"],
         "sentencepiece": ["sentencepiece==0.2.3"],
     },

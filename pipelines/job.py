@@ -112,9 +112,10 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
     runner_name = options.view_as(StandardOptions).runner
     if runner_name is None or runner_name in ("FnApiRunner", "DirectRunner"):
         direct = options.view_as(DirectOptions)
-        if not direct.direct_num_workers:
+        given = " ".join(beam_args)
+        if "--direct_num_workers" not in given:
             direct.direct_num_workers = os.cpu_count() or 1
-        if direct.direct_num_workers > 1 and direct.direct_running_mode == "in_memory":
+        if "--direct_running_mode" not in given and direct.direct_num_workers > 1:
             direct.direct_running_mode = "multi_processing"
         return options, FnApiRunner()
     setup = options.view_as(SetupOptions)

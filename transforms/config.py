@@ -37,7 +37,7 @@ def parse(cls: type[T], data: Any, where: str = "") -> T:
         problems = []
         for error in exc.errors():
             key = ".".join(str(p) for p in (where, *error["loc"]) if p != "")
-            if error["type"] == "extra_forbidden":
+            if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
                 problems.append(f"unknown key '{key}'")
             else:
                 problems.append(f"'{key}': {error['msg']} (got {error.get('input')!r})")
