@@ -24,6 +24,7 @@ REJECTS = "rejects"
 
 # Stage name in YAML -> "module:Class". Modules import lazily so a job loads only what it uses.
 STAGES: dict[str, str] = {
+    "dedup": "transforms.dedup:Dedup",
     "rephrase": "transforms.rephrase:Rephrase",
     "lm_perplexity": "transforms.lm_perplexity:LMPerplexity",
     "heuristics": "transforms.heuristics:HeuristicsStage",

@@ -1,0 +1,66 @@
+"""`sluice dedup INPUT... --output DIR [--threshold 0.8] [--ngram 5] [--num-perm N]
+[--bands B --rows R] [--index DIR] [--update-index]`: exact + near-duplicate removal.
+
+Runs a job whose only stage is `dedup` (transforms/dedup.py), so the outputs are the usual ones
+(documents, dead_letter, manifest.json, stats.json) plus `clusters/`. With `--update-index` the
+survivors are added to the index after the job succeeded (transforms/dedup_index.py).
+"""
+from __future__ import annotations
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines.job import load_config, run_job, set_dotted
+from transforms import dedup_index
+from transforms.config import ConfigError, parse
+from transforms.dedup import DedupConfig
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("dedup", help="remove exact and near-duplicate documents")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input glob(s)")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--threshold", type=float, help="Jaccard similarity of duplicates (0.8)")
+    p.add_argument("--ngram", type=int, help="shingle length in words (5) or characters")
+    p.add_argument("--char", action="store_true", help="character n-grams instead of words")
+    p.add_argument("--num-perm", type=int, help="MinHash permutations (128)")
+    p.add_argument("--bands", type=int, help="LSH bands (default: chosen from the threshold)")
+    p.add_argument("--rows", type=int, help="rows per band (with --bands)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="cluster unverified LSH candidates (faster, chains dissimilar documents)")
+    p.add_argument("--index", metavar="DIR", help="dedup against the index of an earlier corpus")
+    p.add_argument("--update-index", action="store_true",
+                   help="add this run's survivors to --index (created if missing)")
+    p.add_argument("--config", metavar="YAML", help="job config for ingest/sink/other settings")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a config value, e.g. stages.0.dedup.partitions=64")
+    p.set_defaults(func=_run)
+
+
+def _stage_params(args) -> dict:
+    params = {"threshold": args.threshold, "ngram": args.ngram, "num_perm": args.num_perm,
+              "bands": args.bands, "rows": args.rows, "index": args.index}
+    params = {k: v for k, v in params.items() if v is not None}
+    if args.char:
+        params["shingle"] = "char"
+    if args.no_verify:
+        params["verify"] = False
+    if args.update_index:
+        if not args.index:
+            raise ConfigError("--update-index needs --index DIR")
+        params["write_index"] = True
+    return params
+
+
+def _run(args) -> int:
+    data = load_config(args.config, args.inputs, args.output)
+    data["stages"] = [{"dedup": _stage_params(args)}]
+    for assignment in args.set:
+        set_dotted(data, assignment)
+    run_job(data, args.beam_args)
+    config = parse(DedupConfig, data["stages"][0]["dedup"])
+    if config.write_index:
+        added = dedup_index.commit(FileSystems.join(data["output"], "index_update"),
+                                   config.index, config.sketch_params())
+        print(f"sluice: added {added['documents']:,} documents to the index at {config.index} "
+              f"({added['total_shards']} shards)")
+    return 0

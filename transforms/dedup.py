@@ -1,0 +1,529 @@
+"""The `dedup` stage: exact, then near-duplicate removal with verified MinHash LSH.
+
+1. Sketch: every document gets a node id, an exact key (xxh3-128 of its lowercased `\\w+` tokens
+   joined by spaces; the stripped text when it has none) and a MinHash signature (`minhash`).
+2. Exact: documents sharing an exact key are linked to the group's best document.
+3. Near: the best document of each exact group is bucketed by LSH band keys (Broder 1997;
+   Leskovec et al., "Mining of Massive Datasets" ch. 3). Candidate pairs are verified by their
+   estimated Jaccard (fraction of equal minima) before they become edges, so an edge always means
+   two similar documents: buckets of up to `all_pairs_bucket` members verify every pair; hotter
+   buckets (templates, boilerplate) verify each member against at most `max_leaders` leaders,
+   bounding the work. Each partition keeps a maximum-similarity spanning forest of its verified
+   pairs, which preserves the clusters with at most one edge per document.
+4. Clusters: connected components of all edges in Beam (`connected_components`).
+5. Survivor: per cluster, the best document by (index document first, higher quality score,
+   longer text, smaller id): deterministic. The others are dropped as `exact_duplicate` (not
+   the best of their exact group), `near_duplicate`, or `duplicate_of_index` (the cluster holds
+   a document of the persisted index of an earlier corpus).
+
+Outputs: the surviving documents, dropped ones on the dead-letter output, `clusters`
+(`id`, `cluster_id` = the survivor's id, `kept`) for every document with a duplicate, and with
+`write_index` the survivors' keys for `dedup_index.commit`.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Literal, Optional
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+from pydantic import model_validator
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import minimum_spanning_tree
+
+from transforms.accounting import Rejects, count
+from transforms.config import config_dataclass
+from transforms.connected_components import ConnectedComponents, edge_table
+from transforms.dedup_index import ReadIndex, index_schema, open_index, signature_array
+from transforms.dedup_shuffle import CoShuffle, Shuffle, column
+from transforms.documents import ID, SOURCE, TEXT
+from transforms.minhash import (MinHasher, Shingling, band_keys, choose_bands, estimated_jaccard,
+                               fmix64)
+from transforms.progress import Progress
+from transforms.stage import REJECTS, Stage
+
+EXACT, NEAR, INDEX = "exact_duplicate", "near_duplicate", "duplicate_of_index"
+CLUSTER_SCHEMA = pa.schema([(ID, pa.string()), ("cluster_id", pa.string()), ("kept", pa.bool_())])
+_DECISIONS, _CLUSTERS, _EDGES, _ATTRIBUTES, _REPRESENTATIVES = (
+    "decisions", "clusters", "edges", "attributes", "representatives")
+# Survivor order: index documents first, then quality, length, id; node breaks exact ties.
+SURVIVOR_ORDER = [("old", "descending"), ("quality", "descending"), ("length", "descending"),
+                  (ID, "ascending"), ("node", "ascending")]
+
+
+@config_dataclass
+class DedupConfig:
+    threshold: float = 0.8            # Jaccard similarity that makes two documents duplicates
+    ngram: int = 5
+    shingle: Literal["word", "char"] = "word"
+    num_perm: int = 128
+    bands: Optional[int] = None       # bands x rows; chosen from the threshold when unset
+    rows: Optional[int] = None
+    false_negative_weight: float = 0.9  # verification removes false positives, so favour recall
+    seed: int = 1
+    near: bool = True                 # false: exact duplicates only
+    verify: bool = True
+    verify_threshold: Optional[float] = None  # estimated Jaccard an edge needs (default threshold)
+    all_pairs_bucket: int = 64        # buckets up to this size verify every pair
+    max_leaders: int = 32             # hotter buckets verify each member against this many
+    quality_column: Optional[str] = "quality_score"
+    cc_rounds: int = 16               # unrolled contraction rounds (~log2 of the cluster diameter)
+    partitions: int = 32              # shuffle partitions (memory per worker ~ 1/partitions)
+    index: Optional[str] = None       # folder of a persisted index to dedup against
+    write_index: bool = False         # write the survivors' keys to output `index_update`
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm "
+                             f"{self.num_perm}")
+        if self.ngram < 1 or self.num_perm < 1 or self.partitions < 1 or self.cc_rounds < 1:
+            raise ValueError("ngram, num_perm, partitions and cc_rounds must be positive")
+        return self
+
+    def band_rows(self) -> tuple[int, int]:
+        if self.bands is not None:
+            return self.bands, self.rows
+        return choose_bands(self.threshold, self.num_perm, 1.0 - self.false_negative_weight,
+                            self.false_negative_weight)
+
+    def sketch_params(self) -> dict:
+        """What must match between a corpus and the index it is compared with."""
+        bands, rows = self.band_rows()
+        return {"ngram": self.ngram, "shingle": self.shingle, "num_perm": self.num_perm,
+                "seed": self.seed, "bands": bands, "rows": rows}
+
+
+# --- 1. sketch ----------------------------------------------------------------------------------
+
+def node_ids(batch_key: int, rows: int) -> np.ndarray:
+    """Per-row node ids: distinct within a batch (fmix64 is a bijection), random across."""
+    return fmix64(np.uint64(batch_key) + np.arange(rows, dtype=np.uint64))
+
+
+def exact_keys(texts: pa.Array, tokens: pa.ListArray, shingling: Shingling) -> tuple:
+    """(hi, lo) uint64 halves of xxh3-128 over each normalised text."""
+    normalised = pc.if_else(pc.greater(pc.list_value_length(tokens), 0),
+                            shingling.normalised(tokens),
+                            pc.utf8_trim_whitespace(texts.fill_null("")))
+    digests = [xxhash.xxh3_128_intdigest(t) for t in normalised.to_pylist()]
+    hi = np.fromiter((d >> 64 for d in digests), dtype=np.uint64, count=len(digests))
+    lo = np.fromiter((d & 0xFFFFFFFFFFFFFFFF for d in digests), dtype=np.uint64,
+                     count=len(digests))
+    return hi, lo
+
+
+def quality_scores(batch: pa.RecordBatch, name: Optional[str]) -> np.ndarray:
+    """The quality column as float (missing, null or non-numeric: -inf, ranked last)."""
+    if not name or name not in batch.schema.names:
+        return np.full(batch.num_rows, -np.inf)
+    try:
+        values = pc.cast(batch.column(name), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        count("dedup.quality_not_numeric", batch.num_rows)
+        return np.full(batch.num_rows, -np.inf)
+    return values.fill_null(-np.inf).to_numpy(zero_copy_only=False)
+
+
+class SketchFn(beam.DoFn):
+    """(batch key, documents) -> one sketch table row per document."""
+
+    def __init__(self, config: DedupConfig):
+        self.config = config
+
+    def setup(self):
+        self.shingling = Shingling(self.config.ngram, self.config.shingle)
+        self.hasher = MinHasher(self.config.num_perm, self.config.seed)
+        self.progress = Progress("dedup")
+
+    def process(self, element):
+        batch_key, batch = element
+        texts = batch.column(TEXT)
+        tokens = self.shingling.tokens(texts)
+        hi, lo = exact_keys(texts, tokens, self.shingling)
+        hashes, offsets = self.shingling.shingle_hashes(tokens)
+        signatures = self.hasher.signatures(hashes, offsets)
+        self.progress.add(batch.num_rows)
+        yield sketch_table(
+            node=node_ids(batch_key, batch.num_rows), ids=batch.column(ID),
+            batch=np.full(batch.num_rows, batch_key, dtype=np.uint64),
+            row=np.arange(batch.num_rows, dtype=np.int32), old=np.zeros(batch.num_rows, bool),
+            quality=quality_scores(batch, self.config.quality_column),
+            length=pc.utf8_length(texts.fill_null("")).to_numpy(zero_copy_only=False),
+            exact_hi=hi, exact_lo=lo, signatures=signatures, has_shingles=np.diff(offsets) > 0)
+
+
+def sketch_table(node, ids, batch, row, old, quality, length, exact_hi, exact_lo, signatures,
+                 has_shingles) -> pa.Table:
+    return pa.table({
+        "node": pa.array(node, pa.uint64()), ID: pa.array(ids, pa.string()),
+        "batch": pa.array(batch, pa.uint64()), "row": pa.array(row, pa.int32()),
+        "old": pa.array(old, pa.bool_()), "quality": pa.array(quality, pa.float64()),
+        "length": pa.array(length, pa.int64()), "exact_hi": pa.array(exact_hi, pa.uint64()),
+        "exact_lo": pa.array(exact_lo, pa.uint64()),
+        "signature": signature_array(signatures),
+        "has_shingles": pa.array(has_shingles, pa.bool_()),
+    })
+
+
+def index_sketches(index: pa.Table) -> pa.Table:
+    """Index rows as sketch rows of `old` documents (they win every cluster they are in)."""
+    ids = index.column(ID)
+    salted = np.fromiter((xxhash.xxh3_64_intdigest("index\0" + i) for i in ids.to_pylist()),
+                         dtype=np.uint64, count=len(ids))
+    n = index.num_rows
+    return sketch_table(
+        node=fmix64(salted), ids=ids, batch=np.zeros(n, np.uint64), row=np.full(n, -1, np.int32),
+        old=np.ones(n, bool), quality=np.full(n, np.inf), length=np.zeros(n, np.int64),
+        exact_hi=column(index, "exact_hi"), exact_lo=column(index, "exact_lo"),
+        signatures=signatures_of(index), has_shingles=column(index, "has_shingles"))
+
+
+def signatures_of(table: pa.Table) -> np.ndarray:
+    sig = table.column("signature").combine_chunks()
+    return sig.flatten().to_numpy().reshape(len(sig), -1)
+
+
+# --- 2. exact -----------------------------------------------------------------------------------
+
+def _exact_key(table: pa.Table) -> np.ndarray:
+    return column(table, "exact_hi")
+
+
+def _group_starts(*keys: np.ndarray) -> np.ndarray:
+    """Boolean mask: row starts a new group of equal keys (rows already sorted by the keys)."""
+    n = len(keys[0])
+    starts = np.zeros(n, dtype=bool)
+    if n:
+        starts[0] = True
+        for key in keys:
+            starts[1:] |= key[1:] != key[:-1]
+    return starts
+
+
+def exact_groups(sketches: pa.Table):
+    """Link each document to the best of its exact group; yields tagged outputs:
+    edges (member -> best), attributes (every row, `exact_rep` marked) and the best rows."""
+    order = [("exact_hi", "ascending"), ("exact_lo", "ascending")] + SURVIVOR_ORDER
+    table = sketches.sort_by(order)
+    node, old = column(table, "node"), column(table, "old")
+    starts = _group_starts(column(table, "exact_hi"), column(table, "exact_lo"))
+    best = node[np.maximum.accumulate(np.where(starts, np.arange(len(node)), 0))]
+    members = ~starts & ~old
+    count("dedup.exact_edges", int(members.sum()))
+    yield beam.pvalue.TaggedOutput(_EDGES, edge_table(node[members], best[members]))
+    table = table.append_column("exact_rep", pa.array(starts))
+    yield beam.pvalue.TaggedOutput(_ATTRIBUTES, table.drop_columns(["signature", "has_shingles"]))
+    yield beam.pvalue.TaggedOutput(_REPRESENTATIVES, table.filter(pa.array(starts)))
+
+
+# --- 3. near: LSH buckets with verified edges ----------------------------------------------------
+
+def band_rows_table(representatives: pa.Table, bands: int, rows: int) -> pa.Table:
+    """One row per (document, band): the band key, node, old flag and signature."""
+    table = representatives.filter(representatives.column("has_shingles"))
+    keys = band_keys(signatures_of(table), bands, rows)
+    repeat = np.repeat(np.arange(table.num_rows), bands)
+    out = table.select(["node", "old", "signature"]).take(pa.array(repeat))
+    return out.append_column("band_key", pa.array(keys.ravel(), pa.uint64()))
+
+
+def _pairs_within(bucket_starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (i, j), i < j, of row indices within each bucket [start, start + size)."""
+    members = np.repeat(bucket_starts, sizes) + _ranks(sizes)
+    later = np.repeat(sizes, sizes) - 1 - _ranks(sizes)
+    left = np.repeat(members, later)
+    right = left + 1 + _ranks(later)
+    return left, right
+
+
+def _ranks(sizes: np.ndarray) -> np.ndarray:
+    """0..size-1 for each size, concatenated."""
+    total = int(sizes.sum())
+    return np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+
+
+class Verifier:
+    """Estimated-Jaccard checks of candidate pairs, in chunks to bound memory."""
+
+    def __init__(self, signatures: np.ndarray, threshold: float, enabled: bool):
+        self.signatures = signatures
+        self.threshold = threshold
+        self.enabled = enabled
+
+    def similarity(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        chunk = max(1, (1 << 22) // max(1, self.signatures.shape[1]))
+        return np.concatenate([np.zeros(0)] + [
+            estimated_jaccard(self.signatures[left[i:i + chunk]],
+                              self.signatures[right[i:i + chunk]])
+            for i in range(0, len(left), chunk)])
+
+    def passes(self, similarity: np.ndarray) -> np.ndarray:
+        return similarity >= self.threshold if self.enabled else np.ones(len(similarity), bool)
+
+
+def leader_pairs(members: np.ndarray, verifier: Verifier, max_leaders: int):
+    """A hot bucket's verified pairs, linear in its size: members are checked against up to
+    `max_leaders` leaders (a member that matches no leader becomes one while the budget lasts).
+    Returns (left, right, similarity) and the number of members that matched no leader."""
+    leaders = [members[0]]
+    unmatched = members[1:]
+    while len(unmatched) and len(leaders) < max_leaders:
+        similar = verifier.passes(verifier.similarity(
+            unmatched, np.full(len(unmatched), leaders[-1])))
+        unmatched = unmatched[~similar]
+        if len(unmatched):
+            leaders.append(unmatched[0])
+            unmatched = unmatched[1:]
+    leaders = np.array(leaders)
+    left = np.repeat(members, len(leaders))
+    right = np.tile(leaders, len(members))
+    keep = left != right
+    left, right = left[keep], right[keep]
+    similarity = verifier.similarity(left, right)
+    keep = verifier.passes(similarity)
+    return left[keep], right[keep], similarity[keep], len(unmatched)
+
+
+def verified_edges(band_rows: pa.Table, config: DedupConfig, threshold: float) -> pa.Table:
+    """A partition of band rows -> a spanning forest of its verified candidate pairs."""
+    table = band_rows.sort_by([("band_key", "ascending"), ("node", "ascending")])
+    nodes, first_row, index = np.unique(column(table, "node"), return_index=True,
+                                        return_inverse=True)
+    signatures = signatures_of(table.take(pa.array(first_row)))
+    old = column(table, "old")[first_row]
+    verifier = Verifier(signatures, threshold, config.verify)
+
+    starts = np.flatnonzero(_group_starts(column(table, "band_key")))
+    sizes = np.diff(np.r_[starts, table.num_rows])
+    small = (sizes >= 2) & (sizes <= config.all_pairs_bucket)
+    left, right = _pairs_within(starts[small], sizes[small])
+    left, right = index[left], index[right]
+    keep = (left != right) & ~(old[left] & old[right])
+    pairs = np.unique(np.stack([np.minimum(left, right), np.maximum(left, right)])[:, keep], axis=1)
+    count("dedup.candidate_pairs", pairs.shape[1])
+    similarity = verifier.similarity(pairs[0], pairs[1])
+    passed = verifier.passes(similarity)
+    lefts, rights, similarities = [pairs[0][passed]], [pairs[1][passed]], [similarity[passed]]
+
+    for start, size in zip(starts[sizes > config.all_pairs_bucket],
+                           sizes[sizes > config.all_pairs_bucket]):
+        count("dedup.hot_buckets")
+        members = np.unique(index[start:start + size])
+        hot_left, hot_right, hot_similarity, unmatched = leader_pairs(
+            members, verifier, config.max_leaders)
+        count("dedup.hot_bucket_unmatched", unmatched)
+        lefts.append(hot_left)
+        rights.append(hot_right)
+        similarities.append(hot_similarity)
+
+    left, right = np.concatenate(lefts), np.concatenate(rights)
+    # weights in [1, 2]: the spanning forest prefers the most similar pairs, none is zero
+    graph = coo_matrix((2.0 - np.concatenate(similarities), (left, right)),
+                       shape=(len(nodes), len(nodes)))
+    forest = minimum_spanning_tree(graph).tocoo()
+    count("dedup.edges", forest.nnz)
+    return edge_table(nodes[forest.row], nodes[forest.col])
+
+
+# --- 5. survivors ---------------------------------------------------------------------------------
+
+def join_labels(parts: dict) -> list[pa.Table]:
+    """A node partition: clustered nodes' attributes with their component label."""
+    labels, attributes = parts["labels"], parts["attributes"]
+    if labels is None or attributes is None:
+        return []
+    return [attributes.join(labels, "node", join_type="inner")]
+
+
+def choose_survivors(clustered: pa.Table):
+    """A component partition -> decisions for dropped documents and `clusters` rows."""
+    table = clustered.sort_by([("component", "ascending")] + SURVIVOR_ORDER)
+    component = column(table, "component")
+    starts = _group_starts(component)
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(component)), 0))
+    ids = table.column(ID).combine_chunks()
+    cluster_id = ids.take(pa.array(first))
+    old = column(table, "old")
+    cluster_has_index = old[first]
+    sizes = np.diff(np.r_[np.flatnonzero(starts), len(component)])
+    count("dedup.clusters", int(starts.sum()))
+    count("dedup.clustered_documents", int((~old).sum()))
+    reasons = np.where(cluster_has_index, INDEX,
+                       np.where(column(table, "exact_rep"), NEAR, EXACT))
+    new = ~old
+    dropped = new & ~starts
+    decisions = pa.table({
+        "batch": table.column("batch").filter(pa.array(dropped)),
+        "row": table.column("row").filter(pa.array(dropped)),
+        "node": table.column("node").filter(pa.array(dropped)),
+        "reason": pa.array(reasons[dropped], pa.string()),
+        "cluster_id": cluster_id.filter(pa.array(dropped)),
+    })
+    yield beam.pvalue.TaggedOutput(_DECISIONS, decisions)
+    yield beam.pvalue.TaggedOutput(_CLUSTERS, pa.table(
+        [ids.filter(pa.array(new)), cluster_id.filter(pa.array(new)),
+         pa.array(starts[new])], schema=CLUSTER_SCHEMA))
+    yield int(sizes.max()) if len(sizes) else 0
+
+
+# --- 6. apply -------------------------------------------------------------------------------------
+
+class ApplyDecisionsFn(beam.DoFn):
+    """(batch key, {documents, decisions}) -> surviving documents; dropped ones dead-letter."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def process(self, element):
+        _, grouped = element
+        decisions = [d for d in grouped["decisions"] if d.num_rows]
+        for batch in grouped["documents"]:
+            if not decisions:
+                yield batch
+                continue
+            table = pa.concat_tables(decisions)
+            rows = column(table, "row")
+            keep = np.ones(batch.num_rows, dtype=bool)
+            keep[rows] = False
+            rejects = Rejects(self.stage)
+            dropped_docs = batch.take(pa.array(rows)).to_pylist()
+            for doc, reason, cluster in zip(dropped_docs, table.column("reason").to_pylist(),
+                                            table.column("cluster_id").to_pylist()):
+                rejects.drop(reason, doc.get(ID), doc.get(SOURCE), doc, f"duplicate of {cluster}")
+            if keep.any():
+                yield batch.filter(pa.array(keep))
+            yield beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch())
+
+
+def _random_key(batch):
+    return uuid.uuid4().int & 0xFFFFFFFFFFFFFFFF, batch
+
+
+def _max_or_zero(values):
+    return max(values, default=0)
+
+
+def _count_largest(largest: int) -> None:
+    count("dedup.largest_cluster", largest)
+
+
+def _drop_decided(parts: dict) -> list[pa.Table]:
+    """Survivors' sketches: this run's sketches minus the dropped nodes."""
+    sketches, decisions = parts["sketches"], parts["decisions"]
+    if sketches is None:
+        return []
+    sketches = sketches.filter(pc.invert(sketches.column("old")))
+    if decisions is not None:
+        sketches = sketches.filter(pc.invert(pc.is_in(sketches.column("node"),
+                                                      decisions.column("node"))))
+    return [sketches]
+
+
+def index_rows(sketches: pa.Table, bands: int, rows: int) -> pa.Table:
+    """The persisted form of survivors' sketches (`dedup_index`)."""
+    signatures = signatures_of(sketches)
+    keys = band_keys(signatures, bands, rows)
+    return pa.table([
+        sketches.column(ID), sketches.column("exact_hi"), sketches.column("exact_lo"),
+        signature_array(signatures), sketches.column("has_shingles"),
+        pa.FixedSizeListArray.from_arrays(pa.array(keys.ravel(), pa.uint64()), bands),
+    ], schema=index_schema(signatures.shape[1], bands))
+
+
+class Dedup(Stage):
+    """Exact + verified MinHash near-duplicate removal; see the module docstring."""
+
+    Config = DedupConfig
+
+    def expand(self, documents):
+        config = self.config
+        bands, rows = config.band_rows()
+        verify_threshold = config.verify_threshold or config.threshold
+        partitions = config.partitions
+        keyed = (documents
+                 | "KeyBatches" >> beam.Map(_random_key)
+                 | "CheckpointKeys" >> beam.Reshuffle())  # stable keys for both branches below
+        sketches = keyed | "Sketch" >> beam.ParDo(SketchFn(config))
+        if config.index:
+            stored = open_index(config.index, config.sketch_params(), create=config.write_index)
+            old = (self.pipeline | "IndexShards" >> beam.Create(stored)
+                   | "ReadIndex" >> ReadIndex()
+                   | "IndexSketches" >> beam.Map(index_sketches))
+            all_sketches = (sketches, old) | "WithIndex" >> beam.Flatten()
+        else:
+            all_sketches = sketches
+
+        exact = (all_sketches
+                 | "ExactGroup" >> Shuffle(_exact_key, partitions)
+                 | "Exact" >> beam.FlatMap(exact_groups).with_outputs(
+                     _EDGES, _ATTRIBUTES, _REPRESENTATIVES))
+        edges = [exact[_EDGES]]
+        if config.near:
+            near = (exact[_REPRESENTATIVES]
+                    | "Bands" >> beam.Map(band_rows_table, bands, rows)
+                    | "BandGroup" >> Shuffle(lambda t: column(t, "band_key"), partitions)
+                    | "Verify" >> beam.Map(verified_edges, config, verify_threshold))
+            edges.append(near)
+        labels = (edges
+                  | "AllEdges" >> beam.Flatten()
+                  | "Components" >> ConnectedComponents(config.cc_rounds, partitions))
+        by_node = lambda t: column(t, "node")  # noqa: E731
+        survivors = ({"labels": labels, "attributes": exact[_ATTRIBUTES]}
+                     | "JoinLabels" >> CoShuffle({"labels": by_node, "attributes": by_node},
+                                                 partitions)
+                     | "Join" >> beam.FlatMap(join_labels)
+                     | "ClusterGroup" >> Shuffle(lambda t: column(t, "component"), partitions)
+                     | "Survivors" >> beam.FlatMap(choose_survivors).with_outputs(
+                         _DECISIONS, _CLUSTERS, main="largest"))
+        (survivors.largest
+         | "Largest" >> beam.CombineGlobally(_max_or_zero)
+         | "CountLargest" >> beam.Map(_count_largest))
+        self.clusters = survivors[_CLUSTERS]
+        if self.context is not None:
+            (self.clusters
+             | "ClusterBatches" >> beam.FlatMap(_record_batches)
+             | "WriteClusters" >> self.context.sink("clusters", "clusters"))
+        if config.write_index:
+            update = ({"sketches": sketches, "decisions": survivors[_DECISIONS]}
+                      | "SurvivorSketches" >> CoShuffle({"sketches": by_node,
+                                                         "decisions": by_node}, partitions)
+                      | "KeepSurvivors" >> beam.FlatMap(_drop_decided)
+                      | "IndexRows" >> beam.Map(index_rows, bands, rows))
+            if self.context is not None:
+                (update
+                 | "IndexBatches" >> beam.FlatMap(_record_batches)
+                 | "WriteIndexUpdate" >> self.context.sink("index_update", "index"))
+            self.index_update = update
+
+        decisions = (survivors[_DECISIONS]
+                     | "KeyDecisions" >> beam.FlatMap(_by_batch))
+        applied = ({"documents": keyed, "decisions": decisions}
+                   | "JoinDecisions" >> beam.CoGroupByKey()
+                   | "Apply" >> beam.ParDo(ApplyDecisionsFn("dedup")).with_outputs(
+                       REJECTS, main="documents"))
+        return applied.documents, applied[REJECTS]
+
+
+def _record_batches(table: pa.Table) -> list[pa.RecordBatch]:
+    return table.combine_chunks().to_batches()
+
+
+def _by_batch(decisions: pa.Table):
+    if not decisions.num_rows:
+        return
+    batches = column(decisions, "batch")
+    order = np.argsort(batches, kind="stable")
+    table = decisions.take(pa.array(order))
+    batches = batches[order]
+    starts = np.flatnonzero(_group_starts(batches))
+    ends = np.r_[starts[1:], len(batches)]
+    for lo, hi in zip(starts, ends):
+        yield int(batches[lo]), table.slice(lo, hi - lo).select(["row", "reason", "cluster_id"])
