@@ -17,6 +17,7 @@ import copy
 import datetime as dt
 import hashlib
 import json
+import os
 import sys
 
 from apache_beam.io.filesystems import FileSystems
@@ -63,6 +64,7 @@ def _move_tree(source: str, target: str) -> None:
     if FileSystems.exists(target):
         FileSystems.delete([target])
     if "://" not in source:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         FileSystems.rename([source], [target])
         return
     paths = sorted(m.path for m in
