@@ -13,6 +13,7 @@ from transforms.config import ConfigError
 
 # Subcommand modules, in help order; each defines register(subparsers).
 COMMANDS = [
+    "pipelines.mixture",
     "pipelines.run",
     "pipelines.select",
     "pipelines.dedup",

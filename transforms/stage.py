@@ -24,6 +24,7 @@ REJECTS = "rejects"
 
 # Stage name in YAML -> "module:Class". Modules import lazily so a job loads only what it uses.
 STAGES: dict[str, str] = {
+    "mixture": "transforms.mixture:MixtureStage",
     "el2n": "transforms.el2n:El2n",
     "sensitivity": "transforms.sensitivity:Sensitivity",
     "select": "transforms.select:Select",
