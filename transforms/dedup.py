@@ -113,7 +113,7 @@ def exact_keys(texts: pa.Array, tokens: pa.ListArray, shingling: Shingling) -> t
     normalised = pc.if_else(pc.greater(pc.list_value_length(tokens), 0),
                             shingling.normalised(tokens),
                             pc.utf8_trim_whitespace(texts.fill_null("")))
-    digests = [xxhash.xxh3_128_intdigest(t) for t in normalised.to_pylist()]
+    digests = [xxhash.xxh3_128_intdigest(t) for t in normalised.cast(pa.binary()).to_pylist()]
     hi = np.fromiter((d >> 64 for d in digests), dtype=np.uint64, count=len(digests))
     lo = np.fromiter((d & 0xFFFFFFFFFFFFFFFF for d in digests), dtype=np.uint64,
                      count=len(digests))
@@ -176,7 +176,8 @@ def sketch_table(node, ids, batch, row, old, quality, length, exact_hi, exact_lo
 def index_sketches(index: pa.Table) -> pa.Table:
     """Index rows as sketch rows of `old` documents (they win every cluster they are in)."""
     ids = index.column(ID)
-    salted = np.fromiter((xxhash.xxh3_64_intdigest("index\0" + i) for i in ids.to_pylist()),
+    salted = np.fromiter((xxhash.xxh3_64_intdigest(b"index\0" + i)
+                          for i in ids.cast(pa.binary()).to_pylist()),
                          dtype=np.uint64, count=len(ids))
     n = index.num_rows
     return sketch_table(
@@ -188,7 +189,7 @@ def index_sketches(index: pa.Table) -> pa.Table:
 
 def signatures_of(table: pa.Table) -> np.ndarray:
     sig = table.column("signature").combine_chunks()
-    return sig.flatten().to_numpy().reshape(len(sig), -1)
+    return sig.flatten().to_numpy().reshape(len(sig), sig.type.list_size)
 
 
 # --- 2. exact -----------------------------------------------------------------------------------
@@ -424,7 +425,7 @@ def _drop_decided(parts: dict) -> list[pa.Table]:
     if decisions is not None:
         sketches = sketches.filter(pc.invert(pc.is_in(sketches.column("node"),
                                                       decisions.column("node"))))
-    return [sketches]
+    return [sketches] if sketches.num_rows else []
 
 
 def index_rows(sketches: pa.Table, bands: int, rows: int) -> pa.Table:
@@ -454,7 +455,7 @@ class Dedup(Stage):
         sketches = keyed | "Sketch" >> beam.ParDo(SketchFn(config))
         if config.index:
             stored = open_index(config.index, config.sketch_params(), create=config.write_index)
-            old = (self.pipeline | "IndexShards" >> beam.Create(stored)
+            old = (documents.pipeline | "IndexShards" >> beam.Create(stored)
                    | "ReadIndex" >> ReadIndex()
                    | "IndexSketches" >> beam.Map(index_sketches))
             all_sketches = (sketches, old) | "WithIndex" >> beam.Flatten()

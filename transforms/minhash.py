@@ -121,8 +121,9 @@ def _segment_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 def _token_hashes(tokens: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     """xxh3-64 of every token; each distinct token of the batch is hashed once."""
     encoded = pc.dictionary_encode(tokens.flatten())
-    distinct = np.fromiter((xxhash.xxh3_64_intdigest(t) for t in encoded.dictionary.to_pylist()),
-                           dtype=np.uint64, count=len(encoded.dictionary))
+    words = encoded.dictionary.cast(pa.binary()).to_pylist()
+    distinct = np.fromiter((xxhash.xxh3_64_intdigest(w) for w in words), dtype=np.uint64,
+                           count=len(words))
     codes = np.asarray(encoded.indices.fill_null(0), dtype=np.int64)
     return distinct[codes], _list_offsets(tokens)
 

@@ -1,0 +1,277 @@
+"""Dedup: MinHash against datasketch, band choice, Beam connected components on adversarial
+graphs, verified hot buckets, the stage on real Wikipedia revisions measured against exact
+all-pairs Jaccard, survivors, and the incremental index across two runs."""
+from __future__ import annotations
+
+import json
+import re
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pytest
+from apache_beam.testing.util import assert_that
+from datasketch import MinHash
+from datasketch.lsh import _optimal_param
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from pipelines.cli import main as cli
+from pipelines.job import run_job
+from tests.conftest import test_pipeline
+from transforms import dedup_eval
+from transforms.config import ConfigError, parse
+from transforms.connected_components import ConnectedComponents, edge_table
+from transforms.dedup import DedupConfig, choose_survivors, sketch_table, verified_edges
+from transforms.dedup_index import signature_array
+from transforms.minhash import MinHasher, Shingling, band_keys, choose_bands
+from transforms.sink import read_output
+
+ONE_WORKER = ["--direct_num_workers=1"]
+
+
+def _write_jsonl(path, docs):
+    with open(path, "w", encoding="utf-8") as f:
+        for doc in docs:
+            f.write(json.dumps(doc) + "\n")
+
+
+# --- MinHash --------------------------------------------------------------------------------------
+
+def test_shingles_and_signatures_match_the_definition_and_datasketch(shared_data):
+    docs = dedup_eval.wiki_documents(shared_data / "wiki_versions", articles=5)
+    texts = [d["text"] for d in docs] + ["", "   ", "Word!", "two words", "!!!", "a b c d e"]
+    shingling = Shingling(ngram=5)
+    tokens = shingling.tokens(pa.array(texts))
+    for text, got in zip(texts, tokens.to_pylist()):
+        assert got == re.findall(r"\w+", text.lower())
+    hashes, offsets = shingling.shingle_hashes(tokens)
+    counts = np.diff(offsets)
+    for text, n in zip(texts, counts):  # one hash per distinct shingle position
+        n_tokens = len(re.findall(r"\w+", text.lower()))
+        assert n == (n_tokens - 4 if n_tokens >= 5 else min(n_tokens, 1))
+    for i, text in enumerate(texts):  # equal shingle strings, equal hashes
+        distinct = len(set(hashes[offsets[i]:offsets[i + 1]].tolist()))
+        assert distinct == len(dedup_eval.word_shingles(text))
+    hasher = MinHasher(num_perm=64, seed=3)
+    signatures = hasher.signatures(hashes, offsets)
+    for i in range(len(texts)):
+        reference = MinHash(num_perm=64, seed=3, hashfunc=lambda h: int(h) & 0xFFFFFFFF)
+        reference.update_batch(hashes[offsets[i]:offsets[i + 1]].tolist())
+        assert np.array_equal(reference.hashvalues, signatures[i])
+    assert (signatures[len(docs)] == np.uint32(0xFFFFFFFF)).all()  # empty: no shingles
+
+
+def test_band_choice_minimises_the_weighted_error_like_datasketch():
+    for threshold, num_perm, fp in [(0.8, 128, 0.5), (0.8, 128, 0.1), (0.5, 64, 0.5),
+                                    (0.9, 256, 0.3)]:
+        assert choose_bands(threshold, num_perm, fp, 1 - fp) == _optimal_param(
+            threshold, num_perm, fp, 1 - fp)
+    assert parse(DedupConfig, {}).band_rows() == (14, 9)
+    with pytest.raises(ConfigError, match="bands"):
+        parse(DedupConfig, {"bands": 20})
+    with pytest.raises(ConfigError, match="exceeds"):
+        parse(DedupConfig, {"bands": 20, "rows": 10})
+
+
+# --- verified candidate edges ----------------------------------------------------------------------
+
+def _band_rows(signatures: np.ndarray, key: int) -> pa.Table:
+    n = len(signatures)
+    return pa.table({"node": pa.array(np.arange(1, n + 1), pa.uint64()),
+                     "old": pa.array(np.zeros(n, bool)),
+                     "signature": signature_array(signatures),
+                     "band_key": pa.array(np.full(n, key), pa.uint64())})
+
+
+@pytest.mark.parametrize("members", [40, 3000])  # all pairs, and a hot bucket with leaders
+def test_a_shared_band_key_links_only_verified_pairs(members):
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**32, (2, 128), dtype=np.uint32)
+    signatures = rng.integers(0, 2**32, (members, 128), dtype=np.uint32)  # dissimilar docs
+    similar = np.arange(members) % 3  # 0: unrelated, 1: near copies of base 0, 2: of base 1
+    for group in (1, 2):
+        rows = np.flatnonzero(similar == group)
+        signatures[rows] = base[group - 1]
+        flip = rng.random((len(rows), 128)) < 0.05  # estimated Jaccard ~0.95
+        signatures[rows] = np.where(flip, rng.integers(0, 2**32, (len(rows), 128)), base[group - 1])
+    edges = verified_edges(_band_rows(signatures, key=7), parse(DedupConfig, {}), 0.8)
+    u = edges.column("u").to_numpy().astype(np.int64) - 1
+    v = edges.column("v").to_numpy().astype(np.int64) - 1
+    assert (similar[u] == similar[v]).all() and (similar[u] > 0).all()  # no chaining
+    graph = coo_matrix((np.ones(len(u)), (u, v)), shape=(members, members))
+    _, labels = connected_components(graph, directed=False)
+    for group in (1, 2):  # each group of near copies is one cluster
+        assert len(np.unique(labels[similar == group])) == 1
+    assert len(u) == (similar > 0).sum() - 2  # a spanning forest: one edge per document
+
+
+# --- connected components in Beam -----------------------------------------------------------------
+
+def _adversarial_graph():
+    rng = np.random.default_rng(1)
+    nodes = rng.permutation(np.arange(1, 40_000, dtype=np.uint64))
+    chain = nodes[:1000]
+    star = nodes[1000:11_001]
+    small = nodes[11_001:23_001].reshape(3000, 4)  # 3,000 clusters of 4, as paths
+    u = np.concatenate([chain[:-1], np.repeat(star[:1], 10_000), small[:, :3].ravel()])
+    v = np.concatenate([chain[1:], star[1:], small[:, 1:].ravel()])
+    return u, v
+
+
+def _expected_labels(u, v) -> dict:
+    nodes, index = np.unique(np.concatenate([u, v]), return_inverse=True)
+    graph = coo_matrix((np.ones(len(u)), (index[:len(u)], index[len(u):])),
+                       shape=(len(nodes), len(nodes)))
+    _, labels = connected_components(graph, directed=False)
+    minimum = {}
+    for node, label in zip(nodes.tolist(), labels.tolist()):
+        minimum[label] = min(minimum.get(label, node), node)
+    return {node: minimum[label] for node, label in zip(nodes.tolist(), labels.tolist())}
+
+
+def test_connected_components_on_a_chain_a_star_and_many_small_clusters():
+    u, v = _adversarial_graph()
+    expected = _expected_labels(u, v)
+    pieces = [edge_table(u[i:i + 5000], v[i:i + 5000]) for i in range(0, len(u), 5000)]
+
+    def check(tables):
+        got = {}
+        for table in tables:
+            got.update(zip(table.column("node").to_pylist(), table.column("component").to_pylist()))
+        assert got == expected
+
+    with test_pipeline() as p:
+        labels = p | beam.Create(pieces) | ConnectedComponents(rounds=12, partitions=32)
+        assert_that(labels | beam.combiners.ToList(), lambda lists: check(lists[0]))
+
+
+def test_connected_components_fail_when_rounds_are_too_few():
+    u, v = _adversarial_graph()
+    with pytest.raises(Exception, match="did not converge"):
+        with test_pipeline() as p:
+            p | beam.Create([edge_table(u[:999], v[:999])]) | ConnectedComponents(2, 8)
+
+
+# --- survivors ------------------------------------------------------------------------------------
+
+def test_survivor_is_quality_then_length_then_id():
+    n = 5
+    sketches = sketch_table(
+        node=np.arange(10, 10 + n, dtype=np.uint64), ids=["e", "d", "c", "b", "a"],
+        batch=np.zeros(n, np.uint64), row=np.arange(n, dtype=np.int32), old=np.zeros(n, bool),
+        quality=[0.1, 0.9, 0.9, 0.9, -np.inf], length=[100, 50, 80, 80, 500],
+        exact_hi=np.zeros(n, np.uint64), exact_lo=np.arange(n, dtype=np.uint64),
+        signatures=np.zeros((n, 4), np.uint32), has_shingles=np.ones(n, bool))
+    clustered = sketches.drop_columns(["signature", "has_shingles"]).append_column(
+        "exact_rep", pa.array(np.ones(n, bool))).append_column(
+        "component", pa.array(np.full(n, 10), pa.uint64()))
+    outputs = {}
+    for output in choose_survivors(clustered):
+        if isinstance(output, beam.pvalue.TaggedOutput):
+            outputs[output.tag] = output.value
+    clusters = outputs["clusters"].to_pydict()
+    kept = [i for i, k in zip(clusters["id"], clusters["kept"]) if k]
+    assert kept == ["b"]  # best quality (0.9) and longest among those (80); then smaller id
+    assert set(clusters["cluster_id"]) == {"b"}
+    assert sorted(outputs["decisions"].column("reason").to_pylist()) == ["near_duplicate"] * 4
+
+
+# --- the stage on real text -----------------------------------------------------------------------
+
+def _quality_corpus(shared_data):
+    rng = np.random.default_rng(7)
+    docs = dedup_eval.wiki_documents(shared_data / "wiki_versions", articles=80)
+    copies = dedup_eval.perturbed_copies(docs, rng, fraction=0.4)
+    exact = [{"id": f"exact/{d['id']}", "text": d["text"].upper()}
+             for d in docs[::25]]  # differ in case only: exact duplicates
+    template = docs[3]["text"][:3000]
+    hot = [{"id": f"template/{k:04d}", "text": f"{template}\nListing {k} of 2000",
+            "quality_score": float(k % 7)} for k in range(2000)]
+    odd = [{"id": "empty", "text": ""}, {"id": "blank", "text": "   \n"},
+           {"id": "one-a", "text": "Hello"}, {"id": "one-b", "text": "hello!"},
+           {"id": "one-c", "text": "Goodbye"}, {"id": "short", "text": "a b c"}]
+    return docs + copies + exact + hot + odd
+
+
+def test_dedup_on_real_revisions_meets_the_quality_bar(shared_data, tmp_path):
+    corpus = _quality_corpus(shared_data)
+    _write_jsonl(tmp_path / "corpus.jsonl", corpus)
+    out = tmp_path / "out"
+    stats = run_job({"input": [{"path": str(tmp_path / "corpus.jsonl")}], "output": str(out),
+                     "stages": [{"dedup": {}}]}, ONE_WORKER, log=lambda *_: None)
+    assert stats["balanced"]
+    assert stats["dropped"]["empty"] == 2  # ingest drops empty text before dedup
+    clusters = read_output(str(out / "clusters"))
+    kept = read_output(str(out / "documents"), columns=["id"]).column("id").to_pylist()
+    assert stats["kept"] == len(kept) == len(set(kept))
+    dropped = stats["dropped"]["exact_duplicate"] + stats["dropped"]["near_duplicate"]
+    assert dropped == clusters.num_rows - clusters.filter(clusters.column("kept")).num_rows
+    counters = stats["counters"]
+    assert counters["dedup.largest_cluster"] >= 2000 and counters["dedup.hot_buckets"] > 0
+    assert counters["dedup.clusters"] == len(set(clusters.column("cluster_id").to_pylist()))
+
+    cluster_of = dict(zip(clusters.column("id").to_pylist(),
+                          clusters.column("cluster_id").to_pylist()))
+    docs = [d for d in corpus if d["text"].strip()]
+    labels = np.unique([cluster_of.get(d["id"], d["id"]) for d in docs], return_inverse=True)[1]
+    left, right, jaccard = dedup_eval.jaccard_pairs([d["text"] for d in docs])
+    metrics = dedup_eval.cluster_metrics(labels, left, right, jaccard)
+    assert metrics["recall"] >= 0.95, metrics
+    assert metrics["precision_at_similar"] >= 0.98, metrics
+
+    assert cluster_of["one-a"] == cluster_of["one-b"] and "one-c" not in cluster_of
+    survivors = clusters.filter(clusters.column("kept")).column("id").to_pylist()
+    hot_survivor = [i for i in survivors if i.startswith("template/")]
+    # highest quality score (6), then the longest text, then the smallest id
+    assert hot_survivor == ["template/1000"]
+    rejects = read_output(str(out / "dead_letter")).to_pydict()
+    reasons = dict(zip(rejects["id"], rejects["reason"]))
+    for doc in corpus[::25][:5]:  # one of each exact pair is dropped as an exact duplicate
+        assert "exact_duplicate" in (reasons.get(doc["id"]), reasons.get(f"exact/{doc['id']}"))
+    assert {"exact_duplicate", "near_duplicate"} <= set(reasons.values())
+
+
+# --- the incremental index ------------------------------------------------------------------------
+
+def test_incremental_index_across_two_runs(shared_data, tmp_path):
+    docs = dedup_eval.wiki_documents(shared_data / "wiki_versions", articles=14)
+    old_articles = sorted({d["id"].rsplit("/", 1)[0] for d in docs})[:10]
+    first = [d for d in docs if d["id"].rsplit("/", 1)[0] in old_articles]
+    new_articles = [d for d in docs if d["id"].rsplit("/", 1)[0] not in old_articles]
+    rng = np.random.default_rng(3)
+    copies = dedup_eval.perturbed_copies(first, rng, fraction=0.2, max_rate=0.01)
+    snapshot = ([{"id": "again/" + d["id"], "text": d["text"]} for d in first[:10]]
+                + copies + new_articles)
+    _write_jsonl(tmp_path / "first.jsonl", first)
+    _write_jsonl(tmp_path / "second.jsonl", snapshot)
+    index = tmp_path / "index"
+
+    assert cli(["dedup", str(tmp_path / "first.jsonl"), "--output", str(tmp_path / "one"),
+                "--index", str(index), "--update-index", *ONE_WORKER]) == 0
+    manifest = json.loads((index / "index.json").read_text())
+    one_kept = json.loads((tmp_path / "one" / "stats.json").read_text())["kept"]
+    assert manifest["updates"][0]["documents"] == one_kept
+
+    assert cli(["dedup", str(tmp_path / "second.jsonl"), "--output", str(tmp_path / "two"),
+                "--index", str(index), "--update-index", *ONE_WORKER]) == 0
+    stats = json.loads((tmp_path / "two" / "stats.json").read_text())
+    rejects = read_output(str(tmp_path / "two" / "dead_letter")).to_pydict()
+    reasons = dict(zip(rejects["id"], rejects["reason"]))
+    for doc in snapshot[:10]:  # exact copies of the old corpus
+        assert reasons[doc["id"]] == "duplicate_of_index"
+    assert stats["dropped"]["duplicate_of_index"] >= 10 + 0.9 * len(copies)
+    kept = set(read_output(str(tmp_path / "two" / "documents"), columns=["id"])
+               .column("id").to_pylist())
+    new_ids = {d["id"] for d in new_articles}
+    assert len(kept & new_ids) >= 0.5 * len(new_ids)  # new articles survive, deduped
+    assert len(kept - new_ids) <= 0.1 * len(copies)
+    assert not any(reasons.get(i) == "duplicate_of_index" for i in new_ids)
+    manifest = json.loads((index / "index.json").read_text())
+    assert [u["documents"] for u in manifest["updates"]] == [one_kept, len(kept)]
+    assert not list(index.glob("*.tmp*"))
+
+    with pytest.raises(ConfigError, match="must match"):  # a different sketch cannot reuse it
+        run_job({"input": [{"path": str(tmp_path / "second.jsonl")}],
+                 "output": str(tmp_path / "three"),
+                 "stages": [{"dedup": {"index": str(index), "num_perm": 64}}]}, ONE_WORKER)
