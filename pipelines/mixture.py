@@ -133,7 +133,7 @@ def mixture_matrix(path: str, domains: list[str]) -> tuple[list[str], np.ndarray
 # --- commands -----------------------------------------------------------------------------------
 
 def cmd_propose(args) -> int:
-    tokens = _tokens(args.domains)
+    tokens = read_domain_tokens(args.domains)
     domains = sorted(tokens)
     config = ProposalConfig(temperature=args.temperature, max_usage=args.max_usage,
                             min_strength=args.min_strength, max_strength=args.max_strength,
@@ -149,7 +149,7 @@ def cmd_propose(args) -> int:
     return 0
 
 
-def _tokens(paths: list[str]) -> dict[str, int]:
+def read_domain_tokens(paths: list[str]) -> dict[str, int]:
     try:
         return domain_tokens(paths)
     except (OSError, ValueError) as exc:
@@ -185,7 +185,7 @@ def fit(mixtures: str, losses: str, targets: list[str], kinds: list[str], output
         cv[kind]["objective"] = correlations(oof_objective, observed_objective)
     chosen = max(kinds, key=lambda k: cv[k]["objective"]["spearman"])
     if domains_tokens:
-        tokens = _tokens(domains_tokens)
+        tokens = read_domain_tokens(domains_tokens)
         prior, prior_source = aligned_prior(tokens, domains), "token counts"
     else:  # no counts: candidates around the proxy runs' mean, untempered and uncapped
         tokens, prior_source = None, "mean of the training mixtures"

@@ -330,9 +330,9 @@ def write_mixture_report(model_dir: str, evals: Optional[list[str]] = None,
         if plan is None:
             raise ConfigError(f"'{applied}/manifest.json' has no mixture section: not an apply run")
     elif tokens:
-        from pipelines.mixture import _tokens
+        from pipelines.mixture import read_domain_tokens
 
-        counts = _tokens(domains) if domains else saved.get("tokens")
+        counts = read_domain_tokens(domains) if domains else saved.get("tokens")
         if not counts:
             raise ConfigError("a budget table needs token counts: pass --domains")
         plan = plan_sampling(mixture["weights"], counts, tokens, max_epochs)

@@ -114,6 +114,14 @@ def copies_for(ids: list, rate: np.ndarray, seed: int) -> np.ndarray:
     return (whole + (coins < rate - whole)).astype(np.int64)
 
 
+def _add_counts(into: dict, counts: dict) -> dict:
+    for source, entry in counts.items():
+        total = into.setdefault(source, {"docs": 0, "tokens": 0})
+        total["docs"] += entry["docs"]
+        total["tokens"] += entry["tokens"]
+    return into
+
+
 class SourceTokens(beam.CombineFn):
     """{source: {"docs", "tokens"}} over all batches."""
 
@@ -121,19 +129,12 @@ class SourceTokens(beam.CombineFn):
         return {}
 
     def add_input(self, accumulator, batch):
-        for source, counts in shard_stats(pa.Table.from_batches([batch]))["sources"].items():
-            entry = accumulator.setdefault(source, {"docs": 0, "tokens": 0})
-            entry["docs"] += counts["docs"]
-            entry["tokens"] += counts["tokens"]
-        return accumulator
+        return _add_counts(accumulator, shard_stats(pa.Table.from_batches([batch]))["sources"])
 
     def merge_accumulators(self, accumulators):
         merged: dict = {}
         for accumulator in accumulators:
-            for source, counts in accumulator.items():
-                entry = merged.setdefault(source, {"docs": 0, "tokens": 0})
-                entry["docs"] += counts["docs"]
-                entry["tokens"] += counts["tokens"]
+            _add_counts(merged, accumulator)
         return merged
 
     def extract_output(self, accumulator):
