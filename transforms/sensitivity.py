@@ -55,10 +55,9 @@ def fit_centres(sample: np.ndarray, clusters: int, seed: int) -> np.ndarray:
 
 def assign(embeddings: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(nearest centre index, Euclidean distance to it) for each embedding."""
-    squared = ((embeddings ** 2).sum(1)[:, None] - 2 * embeddings @ centres.T
-               + (centres ** 2).sum(1)[None, :])
-    nearest = squared.argmin(1)
-    distance = np.sqrt(np.maximum(squared[np.arange(len(embeddings)), nearest], 0))
+    points, means = embeddings.astype(np.float64), centres.astype(np.float64)
+    nearest = ((means ** 2).sum(1)[None, :] - 2 * points @ means.T).argmin(1)
+    distance = np.linalg.norm(points - means[nearest], axis=1)
     return nearest.astype(np.int32), distance.astype(np.float32)
 
 
