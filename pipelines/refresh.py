@@ -86,9 +86,9 @@ def refresh(root: str, config_path: str, inputs: list[str], sets: list[str] | No
             beam_args: list[str] | None = None, log=print) -> Version:
     corpus = Corpus(root)
     data = load_config(config_path, inputs=inputs, sets=sets)
-    data["output"] = "(set per version)"
+    key, user_config_hash = refresh_key(data), config_hash({k: v for k, v in data.items()
+                                                           if k != "output"})
     data, dedup = _with_corpus_index(data, corpus)
-    key = refresh_key(data)
     with corpus.lock():
         head = corpus.head()
         if head:
@@ -108,7 +108,7 @@ def refresh(root: str, config_path: str, inputs: list[str], sets: list[str] | No
         version = Version(
             version=number, docs=stats["kept"], tokens=manifest["totals"]["tokens"],
             created=dt.datetime.now(dt.timezone.utc).isoformat(), inputs=list(inputs),
-            config_hash=config_hash({k: v for k, v in data.items() if k != "output"}),
+            config_hash=user_config_hash,
             refresh_key=key, sources=manifest["sources"], stats=stats)
         corpus.commit(version, head.version if head else 0)
         log(f"sluice: committed version {number} ({version.docs:,} documents)")

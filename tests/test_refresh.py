@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def reference(tmp_path_factory, snapshots):
 def test_two_refreshes_make_two_versions(reference):
     root, first, second = reference
     assert (first.version, second.version) == (1, 2)
-    assert first.docs > 300 and first.stats["input"] == 402
+    assert first.stats["input"] == 402 and 250 < first.docs < 402  # revisions collapse
     # The mirror's 60 copies of version 1 documents are duplicates of the corpus index.
     assert second.stats["dropped"]["duplicate_of_index"] >= 55
     assert "mirror" not in second.sources or second.sources["mirror"]["docs"] <= 5
@@ -134,13 +135,21 @@ def _kill_when(process, condition, timeout=300) -> bool:
     return False
 
 
+@pytest.fixture(scope="module")
+def version_one(tmp_path_factory):
+    root = tmp_path_factory.mktemp("version-one") / "corpus"
+    refresh(str(root), CONFIG, FIRST, beam_args=WORKERS, log=lambda *_: None)
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["pipeline running", "version moved", "committed"])
-def test_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, reference, snapshots, point):
+def test_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, reference, snapshots, version_one,
+                                                       point):
     ref_root, _, _ = reference
     root = tmp_path / "corpus"
-    refresh(str(root), CONFIG, FIRST, beam_args=WORKERS, log=lambda *_: None)
-    version_one = corpus_state(root)
+    shutil.copytree(version_one, root)
+    before = corpus_state(root)
     conditions = {
         "pipeline running": lambda: (root / ".work" / "00002").exists(),
         "version moved": lambda: (root / "versions" / "00002").exists(),
@@ -149,7 +158,6 @@ def test_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, reference, snap
     process = _refresh_process(root, snapshots)
     killed = _kill_when(process, conditions[point])
     if point != "committed":  # until the commit, the previous version is all there is
-        assert {k: v for k, v in corpus_state(root).items() if k != "index"} == \
-            {k: v for k, v in version_one.items() if k != "index"}
+        assert corpus_state(root) == before
     refresh(str(root), CONFIG, snapshots, beam_args=WORKERS, log=lambda *_: None)
     assert corpus_state(root) == corpus_state(ref_root), f"killed={killed}"
