@@ -23,11 +23,12 @@ from transforms import dedup_eval
 from transforms.config import ConfigError, parse
 from transforms.connected_components import ConnectedComponents, edge_table
 from transforms.dedup import DedupConfig, choose_survivors, sketch_table, verified_edges
-from transforms.dedup_index import signature_array
-from transforms.minhash import MinHasher, Shingling, band_keys, choose_bands
+from transforms.minhash import MinHasher, Shingling, choose_bands, low_bits
 from transforms.sink import read_output
 
 ONE_WORKER = ["--direct_num_workers=1"]
+SMALL_RUN = {"partitions": 8, "cc_rounds": 8}  # fewer Beam stages for test-sized corpora
+SMALL_RUN_ARGS = [f"--set=stages.0.dedup.{key}={value}" for key, value in SMALL_RUN.items()]
 
 
 def _write_jsonl(path, docs):
@@ -67,20 +68,21 @@ def test_band_choice_minimises_the_weighted_error_like_datasketch():
                                     (0.9, 256, 0.3)]:
         assert choose_bands(threshold, num_perm, fp, 1 - fp) == _optimal_param(
             threshold, num_perm, fp, 1 - fp)
-    assert parse(DedupConfig, {}).band_rows() == (14, 9)
+    assert parse(DedupConfig, {}).band_rows() == (23, 11)  # 256 permutations
     with pytest.raises(ConfigError, match="bands"):
         parse(DedupConfig, {"bands": 20})
     with pytest.raises(ConfigError, match="exceeds"):
-        parse(DedupConfig, {"bands": 20, "rows": 10})
+        parse(DedupConfig, {"bands": 20, "rows": 13})
 
 
-# --- verified candidate edges ----------------------------------------------------------------------
+# --- verified candidate edges ---------------------------------------------------------------------
 
 def _band_rows(signatures: np.ndarray, key: int) -> pa.Table:
     n = len(signatures)
     return pa.table({"node": pa.array(np.arange(1, n + 1), pa.uint64()),
                      "old": pa.array(np.zeros(n, bool)),
-                     "signature": signature_array(signatures),
+                     "bits": pa.FixedSizeListArray.from_arrays(
+                         pa.array(low_bits(signatures).ravel()), signatures.shape[1]),
                      "band_key": pa.array(np.full(n, key), pa.uint64())})
 
 
@@ -94,7 +96,8 @@ def test_a_shared_band_key_links_only_verified_pairs(members):
         rows = np.flatnonzero(similar == group)
         signatures[rows] = base[group - 1]
         flip = rng.random((len(rows), 128)) < 0.05  # estimated Jaccard ~0.95
-        signatures[rows] = np.where(flip, rng.integers(0, 2**32, (len(rows), 128)), base[group - 1])
+        noise = rng.integers(0, 2**32, (len(rows), 128))
+        signatures[rows] = np.where(flip, noise, base[group - 1])
     edges = verified_edges(_band_rows(signatures, key=7), parse(DedupConfig, {}), 0.8)
     u = edges.column("u").to_numpy().astype(np.int64) - 1
     v = edges.column("v").to_numpy().astype(np.int64) - 1
@@ -199,7 +202,7 @@ def test_dedup_on_real_revisions_meets_the_quality_bar(shared_data, tmp_path):
     _write_jsonl(tmp_path / "corpus.jsonl", corpus)
     out = tmp_path / "out"
     stats = run_job({"input": [{"path": str(tmp_path / "corpus.jsonl")}], "output": str(out),
-                     "stages": [{"dedup": {}}]}, ONE_WORKER, log=lambda *_: None)
+                     "stages": [{"dedup": SMALL_RUN}]}, ONE_WORKER, log=lambda *_: None)
     assert stats["balanced"]
     assert stats["dropped"]["empty"] == 2  # ingest drops empty text before dedup
     clusters = read_output(str(out / "clusters"))
@@ -248,13 +251,13 @@ def test_incremental_index_across_two_runs(shared_data, tmp_path):
     index = tmp_path / "index"
 
     assert cli(["dedup", str(tmp_path / "first.jsonl"), "--output", str(tmp_path / "one"),
-                "--index", str(index), "--update-index", *ONE_WORKER]) == 0
+                "--index", str(index), "--update-index", *SMALL_RUN_ARGS, *ONE_WORKER]) == 0
     manifest = json.loads((index / "index.json").read_text())
     one_kept = json.loads((tmp_path / "one" / "stats.json").read_text())["kept"]
     assert manifest["updates"][0]["documents"] == one_kept
 
     assert cli(["dedup", str(tmp_path / "second.jsonl"), "--output", str(tmp_path / "two"),
-                "--index", str(index), "--update-index", *ONE_WORKER]) == 0
+                "--index", str(index), "--update-index", *SMALL_RUN_ARGS, *ONE_WORKER]) == 0
     stats = json.loads((tmp_path / "two" / "stats.json").read_text())
     rejects = read_output(str(tmp_path / "two" / "dead_letter")).to_pydict()
     reasons = dict(zip(rejects["id"], rejects["reason"]))

@@ -30,7 +30,7 @@ TOKEN_SEPARATOR = r"[^\p{L}\p{N}_]+"
 EMPTY = np.uint32(0xFFFFFFFF)  # the signature value of a document without shingles
 _ROLL = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier that rolls token hashes into n-grams
 _LOW32 = np.uint64(0xFFFFFFFF)
-_CHUNK_ELEMENTS = 1 << 22  # shingles x permutations per matrix operation (16 MiB of uint32)
+_CHUNK_ELEMENTS = 1 << 20  # shingles x permutations per matrix operation (4 MiB of uint32)
 
 
 def fmix64(values: np.ndarray) -> np.ndarray:
@@ -142,16 +142,26 @@ def _ngram_hashes(units: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.nd
     lengths = np.diff(offsets)
     counts = np.where(lengths >= n, lengths - n + 1, np.minimum(lengths, 1))
     out_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    total = int(out_offsets[-1])
-    # the start of each shingle in `units`, and how many units it spans (n, or the short length)
-    doc_of = np.repeat(np.arange(len(counts)), counts)
-    starts = offsets[:-1][doc_of] + (np.arange(total) - out_offsets[:-1][doc_of])
-    spans = np.minimum(lengths, n)[doc_of]
-    rolled = np.zeros(total, dtype=np.uint64)
     padded = np.concatenate([units, np.zeros(n, np.uint64)])
+    # every window of n consecutive units, from contiguous slices (no gathers)
+    windows = len(units)
+    rolled = np.zeros(windows, dtype=np.uint64)
     for k in range(n):
-        rolled = np.where(k < spans, rolled * _ROLL + padded[starts + k], rolled)
-    return fmix64(rolled ^ spans.astype(np.uint64)), out_offsets
+        rolled = rolled * _ROLL + padded[k:k + windows]
+    rolled = fmix64(rolled ^ np.uint64(n))
+    # keep the windows that start in a document and end in it; a short document's one shingle
+    # rolls only its own units
+    doc_of_window = np.repeat(np.arange(len(counts)), counts)
+    starts = offsets[:-1][doc_of_window] + (np.arange(int(out_offsets[-1]))
+                                             - out_offsets[:-1][doc_of_window])
+    hashes = rolled[np.minimum(starts, max(windows - 1, 0))] if windows else np.zeros(0, np.uint64)
+    short = np.flatnonzero((lengths < n) & (lengths > 0))
+    rolled_short = np.zeros(len(short), dtype=np.uint64)
+    for k in range(n - 1):
+        rolled_short = np.where(k < lengths[short],
+                                rolled_short * _ROLL + padded[offsets[short] + k], rolled_short)
+    hashes[out_offsets[short]] = fmix64(rolled_short ^ lengths[short].astype(np.uint64))
+    return hashes, out_offsets
 
 
 @dataclass(frozen=True)
@@ -207,3 +217,19 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 def estimated_jaccard(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Fraction of agreeing minima, row by row: an unbiased estimate of Jaccard similarity."""
     return np.mean(left == right, axis=-1)
+
+
+BITS = 8
+
+
+def low_bits(signatures: np.ndarray) -> np.ndarray:
+    """b-bit minwise hashing (Li & Koenig 2010): the lowest 8 bits of each minimum, a quarter of
+    the bytes, which is what the LSH shuffle carries for verification."""
+    return (signatures & np.uint32((1 << BITS) - 1)).astype(np.uint8)
+
+
+def bbit_jaccard(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Jaccard estimate from b-bit minima: unequal minima still agree on b bits with
+    probability 2^-b, so P(agree) = J + (1 - J) 2^-b; invert that."""
+    chance = 2.0 ** -BITS
+    return (estimated_jaccard(left, right) - chance) / (1.0 - chance)
