@@ -19,11 +19,14 @@ import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.corpus import Corpus, CorpusLocked, Version, diff
+from pipelines.corpus_report import write_corpus_report
 from pipelines.job import config_hash, load_config, run_job
+from pipelines.report import write_mixture_report
 from transforms.config import ConfigError, parse
 from transforms.dedup import DedupConfig
 from transforms.dedup_index import commit as commit_index
@@ -72,18 +75,35 @@ def _move_tree(source: str, target: str) -> None:
     FileSystems.rename(paths, [target + p[len(source):] for p in paths])
 
 
-def _finish(corpus: Corpus, version: Version, dedup: DedupConfig, log) -> None:
+def _finish(corpus: Corpus, version: Version, dedup: DedupConfig, mixture: MixtureReport,
+            log) -> None:
     """Steps 4-5 for a committed version; safe to repeat."""
     update = FileSystems.join(corpus.version_dir(version.version), INDEX_UPDATE)
     if FileSystems.exists(update):
         commit_index(update, corpus.path("index"), dedup.sketch_params(),
                      update_id=f"version-{version.name}")
-    from pipelines.corpus_report import write_corpus_report
     log(f"sluice: report {write_corpus_report(corpus)}")
+    if mixture.model:
+        manifests = [FileSystems.join(corpus.version_dir(v.version), "manifest.json")
+                     for v in corpus.versions()]
+        path = write_mixture_report(mixture.model, domains=manifests, tokens=mixture.tokens,
+                                    max_epochs=mixture.max_epochs)
+        log(f"sluice: mixture report {path}")
+
+
+@dataclass
+class MixtureReport:
+    """A fitted RegMix model (`sluice mixture fit`) whose report a refresh re-renders against the
+    corpus's current token counts per source: budget, epochs and repeat-cap hits per domain."""
+
+    model: str | None = None
+    tokens: int | None = None
+    max_epochs: float = 4.0
 
 
 def refresh(root: str, config_path: str, inputs: list[str], sets: list[str] | None = None,
-            beam_args: list[str] | None = None, log=print) -> Version:
+            beam_args: list[str] | None = None, log=print,
+            mixture: MixtureReport = MixtureReport()) -> Version:
     corpus = Corpus(root)
     data = load_config(config_path, inputs=inputs, sets=sets)
     key, user_config_hash = refresh_key(data), config_hash({k: v for k, v in data.items()
@@ -92,7 +112,7 @@ def refresh(root: str, config_path: str, inputs: list[str], sets: list[str] | No
     with corpus.lock():
         head = corpus.head()
         if head:
-            _finish(corpus, head, dedup, log)  # roll forward a refresh that crashed after commit
+            _finish(corpus, head, dedup, mixture, log)  # roll forward a refresh that crashed after commit
             if head.refresh_key == key:
                 log(f"sluice: these inputs and config are already version {head.version}")
                 return head
@@ -112,7 +132,7 @@ def refresh(root: str, config_path: str, inputs: list[str], sets: list[str] | No
             refresh_key=key, sources=manifest["sources"], stats=stats)
         corpus.commit(version, head.version if head else 0)
         log(f"sluice: committed version {number} ({version.docs:,} documents)")
-        _finish(corpus, version, dedup, log)
+        _finish(corpus, version, dedup, mixture, log)
     return version
 
 
@@ -124,6 +144,11 @@ def register(subparsers) -> None:
     p.add_argument("--corpus", required=True, metavar="DIR", help="the corpus folder")
     p.add_argument("--config", required=True, help="job config; must contain a dedup stage")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--mixture-model", metavar="DIR",
+                   help="a `sluice mixture fit` folder whose report.html is re-rendered with the "
+                        "corpus's token counts after each refresh")
+    p.add_argument("--tokens", type=int, help="token budget for that report's epochs table")
+    p.add_argument("--max-epochs", type=float, default=4.0)
     p.set_defaults(func=_refresh)
 
     corpus = subparsers.add_parser("corpus", help="inspect a versioned corpus")
@@ -141,7 +166,8 @@ def register(subparsers) -> None:
 
 def _refresh(args) -> int:
     try:
-        refresh(args.corpus, args.config, args.inputs, args.set, args.beam_args)
+        refresh(args.corpus, args.config, args.inputs, args.set, args.beam_args,
+                mixture=MixtureReport(args.mixture_model, args.tokens, args.max_epochs))
     except CorpusLocked as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 3

@@ -13,7 +13,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from pipelines.corpus import Corpus, CorpusLocked, Version
-from pipelines.refresh import refresh
+from pipelines.refresh import MixtureReport, refresh
 from tests.conftest import DEMO_DATA, REPO
 
 CONFIG = str(REPO / "configs/refresh.yaml")
@@ -85,6 +85,25 @@ def test_rerunning_a_committed_refresh_changes_nothing(reference, snapshots):
     again = refresh(str(root), CONFIG, snapshots, beam_args=WORKERS, log=lambda *_: None)
     assert again.version == second.version
     assert corpus_state(root) == before
+
+
+def test_refresh_rerenders_the_mixture_report_with_corpus_tokens(reference, snapshots, tmp_path,
+                                                                 shared_data):
+    root, _, second = reference
+    regmix = shared_data / "regmix"
+    model = tmp_path / "fit"
+    fitted = subprocess.run([sys.executable, "-m", "pipelines", "mixture", "fit", "--mixtures",
+                             str(regmix / "train_mixture_1m.csv"), "--losses",
+                             str(regmix / "train_pile_loss_1m.csv"), "--target", "pile_cc",
+                             "--model", "linear", "--candidates", "2000", "--output", str(model)],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert fitted.returncode == 0, fitted.stderr[-2000:]
+    before = (model / "report.html").read_text()
+    again = refresh(str(root), CONFIG, snapshots, beam_args=WORKERS, log=lambda *_: None,
+                    mixture=MixtureReport(str(model), tokens=1_000_000))
+    assert again.version == second.version  # a committed refresh: only the reports are redone
+    after = (model / "report.html").read_text()
+    assert after != before and "1,000,000" in after
 
 
 def test_corpus_log_and_diff(reference):
