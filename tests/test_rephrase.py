@@ -134,12 +134,12 @@ def _hammer(directory: str, worker: int) -> None:
 
 
 def test_cache_is_safe_across_processes(tmp_path):
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")
     workers = [ctx.Process(target=_hammer, args=(str(tmp_path), w)) for w in range(3)]
     for w in workers:
         w.start()
     for w in workers:
-        w.join(60)
+        w.join(120)
         assert w.exitcode == 0
     files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     assert len(files) == 20 and all(p.suffix == ".json" for p in files)  # no temporaries left
