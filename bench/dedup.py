@@ -4,8 +4,8 @@
 
 Corpus at scale 1: every Wikipedia revision of ../shared/data/wiki_versions (2,504 documents,
 real near-duplicates across the whole Jaccard range) plus web-like perturbed copies of half of
-them (boilerplate lines, word deletions/substitutions/repeats). Scale k adds k-1 more sets of
-perturbed copies. Both systems read the same JSONL files with the same number of workers:
+them (boilerplate lines, word deletions/substitutions/repeats). Scale k adds k-1 perturbed
+replicas of that whole corpus (k times the documents and bytes). Both systems read the same JSONL files with the same number of workers:
 Sluice through `sluice dedup` on Beam's local FnApiRunner (as users run it), datatrove with its
 default 14x8 MinHash config, word 5-grams, and a `\\w+` word tokenizer (like for like; its
 default needs spaCy). Prints, per scale, wall time and peak memory (sum of the RSS of the
@@ -45,10 +45,11 @@ FILES = 4
 
 def build_corpus(scale: int) -> list[dict]:
     docs = dedup_eval.wiki_documents(SHARED / "wiki_versions")
-    corpus = list(docs)
-    for k in range(scale):
-        corpus += dedup_eval.perturbed_copies(docs, np.random.default_rng(k), fraction=0.5,
-                                              tag=f"copy{k}")
+    base = docs + dedup_eval.perturbed_copies(docs, np.random.default_rng(0), fraction=0.5)
+    corpus = list(base)
+    for k in range(1, scale):
+        corpus += dedup_eval.perturbed_copies(base, np.random.default_rng(k), fraction=1.0,
+                                              tag=f"replica{k}")
     return corpus
 
 

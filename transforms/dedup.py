@@ -49,9 +49,11 @@ EXACT, NEAR, INDEX = "exact_duplicate", "near_duplicate", "duplicate_of_index"
 CLUSTER_SCHEMA = pa.schema([(ID, pa.string()), ("cluster_id", pa.string()), ("kept", pa.bool_())])
 _DECISIONS, _CLUSTERS, _EDGES, _ATTRIBUTES, _REPRESENTATIVES = (
     "decisions", "clusters", "edges", "attributes", "representatives")
-# Survivor order: index documents first, then quality, length, id; node breaks exact ties.
+# Survivor order: index documents first, then quality, length, id; the exact key, then the
+# node (random per run), only order documents with equal ids whose normalised texts are equal.
 SURVIVOR_ORDER = [("old", "descending"), ("quality", "descending"), ("length", "descending"),
-                  (ID, "ascending"), ("node", "ascending")]
+                  (ID, "ascending"), ("exact_hi", "ascending"), ("exact_lo", "ascending"),
+                  ("node", "ascending")]
 
 
 @config_dataclass
