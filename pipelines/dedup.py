@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--threshold", type=float, help="Jaccard similarity of duplicates (0.8)")
     p.add_argument("--ngram", type=int, help="shingle length in words (5) or characters")
     p.add_argument("--char", action="store_true", help="character n-grams instead of words")
-    p.add_argument("--num-perm", type=int, help="MinHash permutations (128)")
+    p.add_argument("--num-perm", type=int, help="MinHash permutations (256)")
     p.add_argument("--bands", type=int, help="LSH bands (default: chosen from the threshold)")
     p.add_argument("--rows", type=int, help="rows per band (with --bands)")
     p.add_argument("--no-verify", action="store_true",

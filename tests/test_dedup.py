@@ -63,6 +63,14 @@ def test_shingles_and_signatures_match_the_definition_and_datasketch(shared_data
     assert (signatures[len(docs)] == np.uint32(0xFFFFFFFF)).all()  # empty: no shingles
 
 
+def test_character_shingles_cover_the_normalised_text():
+    shingling = Shingling(ngram=4, unit="char")
+    texts = ["Hello,  World!", "abc", "", "hello world"]
+    hashes, offsets = shingling.shingle_hashes(shingling.tokens(pa.array(texts)))
+    assert np.diff(offsets).tolist() == [len("hello world") - 3, 1, 0, len("hello world") - 3]
+    assert np.array_equal(hashes[offsets[0]:offsets[1]], hashes[offsets[3]:offsets[4]])
+
+
 def test_band_choice_minimises_the_weighted_error_like_datasketch():
     for threshold, num_perm, fp in [(0.8, 128, 0.5), (0.8, 128, 0.1), (0.5, 64, 0.5),
                                     (0.9, 256, 0.3)]:
