@@ -50,10 +50,11 @@ def load(path: str, what: str = "fastText model") -> "fasttext.FastText._FastTex
     return fasttext.load_model(local_copy(path))
 
 
-def train(texts: Iterable[str], labels: Iterable[str], output: str, **params) -> None:
-    """Train a supervised fastText model on (text, label) pairs and save it to `output`.
+def train_model(texts: Iterable[str], labels: Iterable[str], **params):
+    """A supervised fastText model trained on (text, label) pairs, in memory.
 
-    Defaults follow the DCLM recipe; `params` override any fastText argument.
+    Defaults follow the DCLM recipe; `params` override any fastText argument (fastText's default
+    `bucket` of 2M hashed n-gram rows makes a ~800 MB model; a smaller one trades accuracy).
     """
     with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8", delete=False) as f:
         examples = 0
@@ -63,9 +64,14 @@ def train(texts: Iterable[str], labels: Iterable[str], output: str, **params) ->
     try:
         if not examples:
             raise ConfigError("no training examples")
-        model = fasttext.train_supervised(input=f.name, verbose=0, **{**DCLM_PARAMS, **params})
+        return fasttext.train_supervised(input=f.name, verbose=0, **{**DCLM_PARAMS, **params})
     finally:
         os.unlink(f.name)
+
+
+def train(texts: Iterable[str], labels: Iterable[str], output: str, **params) -> None:
+    """Train (see `train_model`) and save the model to `output`."""
+    model = train_model(texts, labels, **params)
     directory = os.path.dirname(output)
     if directory:
         os.makedirs(directory, exist_ok=True)
@@ -84,21 +90,31 @@ class Classifier:
         return cls(load(path, what))
 
     def probability(self, texts: Sequence[str], label: str) -> np.ndarray:
-        """P(label | text) for every text."""
+        """P(label | text) for every text.
+
+        With two labels only the top one is asked for and the other's probability is its
+        complement (as DCLM scores), which saves building a second result per text.
+        """
         if label not in self.labels:
             raise ConfigError(f"label '{label}' is not in the model (labels: {self.labels})")
         if not texts:
             return np.zeros(0)
         wanted = LABEL_PREFIX + label
+        if len(self.labels) == 2:
+            top, probability = self._predict(texts, 1)
+            return np.where(np.array([ls[0] == wanted for ls in top]), probability,
+                            1.0 - probability)
         labels, probs = self.model.predict([one_line(t) for t in texts], k=len(self.labels))
-        return np.fromiter((p[list(ls).index(wanted)] if wanted in ls else 0.0
-                            for ls, p in zip(labels, probs)), dtype=np.float64, count=len(texts))
+        return np.fromiter((p[list(ls).index(wanted)] for ls, p in zip(labels, probs)),
+                           dtype=np.float64, count=len(texts))
+
+    def _predict(self, texts: Sequence[str], k: int) -> tuple[list, np.ndarray]:
+        labels, probs = self.model.predict([one_line(t) for t in texts], k=k)
+        return labels, np.fromiter((p[0] for p in probs), dtype=np.float64, count=len(texts))
 
     def top(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
         """The most probable label (without `__label__`) and its probability, per text."""
         if not texts:
             return [], np.zeros(0)
-        labels, probs = self.model.predict([one_line(t) for t in texts], k=1)
-        return ([ls[0][len(LABEL_PREFIX):] if ls else None for ls in labels],
-                np.fromiter((p[0] if len(p) else 0.0 for p in probs), dtype=np.float64,
-                            count=len(texts)))
+        labels, probability = self._predict(texts, 1)
+        return [ls[0][len(LABEL_PREFIX):] for ls in labels], probability

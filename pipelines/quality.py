@@ -51,7 +51,7 @@ def labelled_examples(args) -> tuple[list[str], list[str]]:
 def _train(args) -> int:
     texts, labels = labelled_examples(args)
     params = {"epoch": args.epoch, "wordNgrams": args.word_ngrams, "lr": args.lr,
-              "dim": args.dim, "seed": args.seed}
+              "dim": args.dim, "bucket": args.bucket, "seed": args.seed}
     fasttext_quality.train(texts, labels, args.output, **params)
     print(f"sluice: trained on {len(texts):,} documents "
           f"({labels.count(fasttext_quality.POSITIVE):,} hq) -> {args.output}")
@@ -136,6 +136,8 @@ def register(subparsers) -> None:
     train.add_argument("--word-ngrams", type=int, default=2)
     train.add_argument("--lr", type=float, default=0.1)
     train.add_argument("--dim", type=int, default=100)
+    train.add_argument("--bucket", type=int, default=2_000_000,
+                       help="hashed n-gram rows (fastText default; ~800 MB model at dim 100)")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=_train)
 

@@ -25,6 +25,7 @@ from transforms.sink import read_output
 from tests.conftest import SHARED_DATA
 
 BEAM = ["--direct_num_workers", "1"]
+SMALL = ["--bucket", "200000"]  # 80 MB models instead of fastText's default 800 MB
 
 
 def wiki_lines(shared: Path, articles: int) -> list[str]:
@@ -61,7 +62,7 @@ def quality_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("quality") / "dclm.bin"
     assert sluice(["quality", "train", "--data",
                    str(shared / "dclm_quality" / "majority_data.jsonl"), "--output",
-                   str(out)]) == 0
+                   str(out), *SMALL]) == 0
     return out
 
 
@@ -87,11 +88,15 @@ def test_batched_score_equals_fasttext_one_text_at_a_time(quality_model, shared_
              (shared_data / "dclm_quality" / "agreement_data.jsonl").open()][:50]
     classifier = fasttext_quality.Classifier.from_path(str(quality_model))
     batched = classifier.probability(texts, "hq")
-    one_by_one = []
+    dclm_loop, both_labels = [], []
     for text in texts:
+        (top,), (probability,) = classifier.model.predict(text.replace("\n", " "))
+        dclm_loop.append(probability if top == "__label__hq" else 1 - probability)
         labels, probs = classifier.model.predict(text.replace("\n", " "), k=2)
-        one_by_one.append(dict(zip(labels, probs))["__label__hq"])
-    np.testing.assert_allclose(batched, one_by_one, rtol=1e-6)
+        both_labels.append(dict(zip(labels, probs))["__label__hq"])
+    np.testing.assert_allclose(batched, dclm_loop, rtol=1e-12)
+    # fastText adds 1e-5 inside its log-probabilities, so P(hq) and 1 - P(cc) differ that much.
+    np.testing.assert_allclose(batched, both_labels, atol=1e-4)
 
 
 def test_train_from_positive_and_negative_files(shared_data, tmp_path):
@@ -101,7 +106,7 @@ def test_train_from_positive_and_negative_files(shared_data, tmp_path):
     negative = write_jsonl(tmp_path / "cc.jsonl", [r for r in rows if r["label"] == 0])
     out = tmp_path / "model.bin"
     assert sluice(["quality", "train", "--positive", str(positive), "--negative", str(negative),
-                   "--output", str(out)]) == 0
+                   "--output", str(out), *SMALL]) == 0
     assert sorted(fasttext_quality.Classifier.from_path(str(out)).labels) == ["cc", "hq"]
 
 

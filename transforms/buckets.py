@@ -50,7 +50,8 @@ class BucketsConfig:
 
 def sample_of(batch: pa.RecordBatch, columns: list[str]) -> dict[str, np.ndarray]:
     """One batch's candidates: id hash keys, text lengths and scores (NaN for null)."""
-    keys = np.fromiter((xxhash.xxh64_intdigest(i) for i in batch.column(ID).to_pylist()),
+    keys = np.fromiter((xxhash.xxh64_intdigest(i.encode("utf-8", "surrogatepass"))
+                        for i in batch.column(ID).to_pylist()),
                        dtype=np.uint64, count=batch.num_rows)
     sample = {"key": keys,
               "weight": pc.utf8_length(batch.column(TEXT)).to_numpy(zero_copy_only=False)

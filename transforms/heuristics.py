@@ -314,17 +314,20 @@ class HeuristicsConfig:
     c4_bad_words: Optional[str] = None  # a word list file, one word or phrase per line
 
 
-def load_word_list(path: str) -> frozenset[str]:
-    with FileSystems.open(path) as f:
-        return frozenset(w.strip().lower() for w in f.read().decode("utf-8").splitlines()
-                         if w.strip())
+class BadWords:
+    """C4's bad-words rule: the number of listed words (and multi-word phrases) on the page."""
 
+    def __init__(self, path: str):
+        with FileSystems.open(path) as f:
+            entries = {w.strip().lower() for w in f.read().decode("utf-8").splitlines()
+                       if w.strip()}
+        self.words = frozenset(w for w in entries if " " not in w)
+        self.phrases = tuple(w for w in entries if " " in w)
 
-def bad_word_count(page: Page, bad_words: frozenset[str]) -> float:
-    """Words (and multi-word phrases) of the page found in the bad-words list."""
-    lower = page.text.lower()
-    words = set(re.findall(r"\w+", lower))
-    return float(sum(1 for w in bad_words if (w in lower if " " in w else w in words)))
+    def __call__(self, page: Page) -> float:
+        lower = page.text.lower()
+        found = len(self.words.intersection(re.findall(r"\w+", lower)))
+        return float(found + sum(phrase in lower for phrase in self.phrases))
 
 
 class Heuristics:
@@ -336,15 +339,12 @@ class Heuristics:
                 raise ConfigError(f"heuristics: unknown rule '{name}' (known: "
                                   f"{', '.join(sorted([*ALL_RULES, C4_BAD_WORDS]))})")
         self.config = config
-        self.bad_words = load_word_list(config.c4_bad_words) if config.c4_bad_words else None
-        self.rule_sets = [(name, [r for r in RULE_SETS[name] if r.name not in config.disable])
+        available = dict(RULE_SETS)
+        if config.c4_bad_words and C4_BAD_WORDS not in config.disable:
+            available["c4"] = [*available["c4"], Rule(C4_BAD_WORDS, BadWords(config.c4_bad_words),
+                                                      max=0)]
+        self.rule_sets = [(name, [r for r in available[name] if r.name not in config.disable])
                           for name in config.rule_sets]
-        if self.bad_words is not None and C4_BAD_WORDS not in config.disable:
-            rules = dict(self.rule_sets)
-            if "c4" in rules:
-                bad = frozenset(self.bad_words)
-                rules["c4"].append(Rule(C4_BAD_WORDS, lambda page: bad_word_count(page, bad),
-                                        max=0))
         self.bounds = {r.name: (r.min, r.max) for _, rules in self.rule_sets for r in rules}
         for name, override in config.thresholds.items():
             self.bounds[name] = (override.min, override.max)
