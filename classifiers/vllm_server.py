@@ -5,17 +5,18 @@ watchdog in a new session: stopping signals the whole group (API server, engine 
 and the watchdog kills the group when the process that started it dies without stopping it.
 That is the gap in Beam's vLLM handlers, whose servers outlive the pipeline on local runners.
 
-On a worker, `shared_server` starts one server per machine however many SDK worker processes
-there are (Beam's `MultiProcessShared`), the same sharing Beam's RunInference handlers use.
+On a worker, `acquire_server` starts one server per SDK worker process, shared by its DoFn
+instances and stopped after the last one's teardown; run one SDK process per GPU machine
+(Dataflow: `--experiments no_use_multiple_sdk_containers`) so each GPU holds one server.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import field
 from typing import Optional, Sequence
@@ -114,9 +115,6 @@ class VLLMServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def __del__(self):  # a released shared server stops with its last user
-        self.stop()
-
 
 def kill_group(pgid: int, grace_s: float, reap=lambda: None) -> None:
     """Signal a process group and wait until it is gone; `reap` collects our own child, whose
@@ -136,21 +134,37 @@ def kill_group(pgid: int, grace_s: float, reap=lambda: None) -> None:
             time.sleep(0.2)
 
 
-def shared_server(model: str, args: Sequence[str] = (), env: Optional[dict[str, str]] = None,
-                  startup_timeout_s: float = 900.0):
-    """A handle whose `.acquire()` gives this machine's one server for (model, args), started by
-    the first worker process that asks (Beam `MultiProcessShared`)."""
-    from apache_beam.utils.multi_process_shared import MultiProcessShared
+_SERVERS: dict[tuple, list] = {}   # (model, args, env) -> [server, users] in this process
+_SERVERS_LOCK = threading.Lock()
 
-    identity = repr((model, list(args), sorted((env or {}).items())))
-    tag = "sluice-vllm-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
 
-    def construct() -> VLLMServer:
-        server = VLLMServer(model, args, env=env, startup_timeout_s=startup_timeout_s)
-        server.start()
+def acquire_server(model: str, args: Sequence[str] = (), env: Optional[dict[str, str]] = None,
+                   startup_timeout_s: float = 900.0) -> VLLMServer:
+    """This process's server for (model, args, env), started by its first user (DoFn instances
+    of one SDK worker process share it); `release_server` stops it after its last user."""
+    key = (model, tuple(args), tuple(sorted((env or {}).items())))
+    with _SERVERS_LOCK:
+        entry = _SERVERS.setdefault(key, [None, 0])
+        if entry[0] is None:
+            entry[0] = VLLMServer(model, args, env=env, startup_timeout_s=startup_timeout_s)
+        entry[1] += 1
+        server = entry[0]
+        try:
+            server.start()
+        except Exception:
+            entry[1] -= 1
+            raise
         return server
 
-    return MultiProcessShared(construct, tag=tag, always_proxy=True)
+
+def release_server(server: VLLMServer) -> None:
+    with _SERVERS_LOCK:
+        for key, entry in list(_SERVERS.items()):
+            if entry[0] is server:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    server.stop()
+                    del _SERVERS[key]
 
 
 @config_dataclass
@@ -196,7 +210,7 @@ class Connection:
     def __init__(self, config: ServingConfig):
         self.config = config
         self.client = None
-        self._shared = self._server = None
+        self._server = None
 
     def open(self):
         from classifiers.vllm_client import VLLMClient
@@ -207,10 +221,9 @@ class Connection:
             args = list(config.serve_args)
             if config.model and "--served-model-name" not in args:
                 args += ["--served-model-name", config.model]
-            self._shared = shared_server(config.serve, args, config.serve_env,
-                                         config.startup_timeout_s)
-            self._server = self._shared.acquire()
-            endpoint = self._server.start()  # idempotent; a proxy exposes methods only
+            self._server = acquire_server(config.serve, args, config.serve_env,
+                                          config.startup_timeout_s)
+            endpoint = self._server.base_url
         self.client = VLLMClient(endpoint, config.concurrency, config.timeout_s,
                                  config.max_attempts, config.backoff_s, config.max_backoff_s,
                                  config.cache)
@@ -221,7 +234,7 @@ class Connection:
             self.client.close()
             self.client = None
         if self._server is not None:
-            self._shared.release(self._server)
+            release_server(self._server)
             self._server = None
 
 
