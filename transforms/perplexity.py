@@ -37,20 +37,28 @@ UNICODE_PUNCT = {
     "（": "(", "）": ")", "；": ";", "–": "-", "—": " - ", "．": ". ", "～": "~", "’": "'",
     "…": "...", "━": "-", "〈": "<", "〉": ">", "【": "[", "】": "]", "％": "%", "►": "-",
 }
-PUNCT_TABLE = str.maketrans(UNICODE_PUNCT)
-NON_PRINTING = re.compile("[" + "".join(map(chr, [*range(0, 32), *range(127, 160)])) + "]")
+# Unicode punctuation to ASCII, control characters deleted: one `str.translate` table.
+TRANSLATION: dict[int, Optional[str]] = {
+    **{ord(k): v for k, v in UNICODE_PUNCT.items()},
+    **{code: None for code in [*range(0, 32), *range(127, 160)]}}
 DIGIT = re.compile(r"\d")
 
 
+def strip_accents(line: str) -> str:
+    """NFD, then drop the combining marks (category Mn); ASCII lines have none."""
+    if line.isascii():
+        return line
+    return "".join(c for c in unicodedata.normalize("NFD", line)
+                   if c.isascii() or unicodedata.category(c) != "Mn")
+
+
 def normalize_line(line: str) -> str:
-    """CCNet's text normalisation of one line."""
+    """CCNet's text normalisation of one line: lowercase, strip accents, digits to 0, unicode
+    punctuation to ASCII, drop control characters."""
     line = line.strip()
     if not line:
         return line
-    line = unicodedata.normalize("NFD", line.lower())
-    line = "".join(c for c in line if unicodedata.category(c) != "Mn")
-    line = DIGIT.sub("0", line).translate(PUNCT_TABLE)
-    return NON_PRINTING.sub("", line)
+    return DIGIT.sub("0", strip_accents(line.lower())).translate(TRANSLATION)
 
 
 class LineTokenizer:
