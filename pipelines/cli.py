@@ -13,8 +13,9 @@ from transforms.config import ConfigError
 
 # Subcommand modules, in help order; each defines register(subparsers).
 COMMANDS = [
-    "pipelines.mixture",
     "pipelines.run",
+    "pipelines.refresh",
+    "pipelines.mixture",
     "pipelines.select",
     "pipelines.dedup",
     "pipelines.rephrase",
