@@ -153,7 +153,9 @@ def test_connected_components_on_a_chain_a_star_and_many_small_clusters():
         assert got == expected
 
     with test_pipeline() as p:
-        labels = p | beam.Create(pieces) | ConnectedComponents(rounds=12, partitions=32)
+        defaults = parse(DedupConfig, {})  # the default rounds must cover these shapes
+        labels = p | beam.Create(pieces) | ConnectedComponents(defaults.cc_rounds,
+                                                               defaults.partitions)
         assert_that(labels | beam.combiners.ToList(), lambda lists: check(lists[0]))
 
 

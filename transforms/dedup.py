@@ -72,7 +72,7 @@ class DedupConfig:
     all_pairs_bucket: int = 64        # buckets up to this size verify every pair
     max_leaders: int = 32             # hotter buckets verify each member against this many
     quality_column: Optional[str] = "quality_score"
-    cc_rounds: int = 16               # unrolled contraction rounds (~log2 of the cluster diameter)
+    cc_rounds: int = 10               # unrolled contraction rounds (~log2 of the cluster diameter)
     partitions: int = 32              # shuffle partitions (memory per worker ~ 1/partitions)
     index: Optional[str] = None       # folder of a persisted index to dedup against
     write_index: bool = False         # write the survivors' keys to output `index_update`
