@@ -49,7 +49,7 @@ class ProxyConfig:
     features: int = 2 ** 16      # hashed n-gram buckets
     ngrams: int = 2              # word n-grams 1..ngrams
     dim: int = 16                # bag embedding width
-    max_chars: int = 20_000      # characters of a document the classifier reads
+    max_chars: int = 8_000       # characters of a document the classifier reads
     # language model
     steps: int = 200
     context: int = 128           # bytes per sequence
