@@ -15,6 +15,7 @@ setup(
         "httpx==0.28.1",
         "tenacity==9.1.4",
         "transformers==5.19.0",
+        "tokenizers==0.23.3",
         "apache-beam[gcp]==2.77.0",
         "pyarrow>=17,<26",
         "pydantic>=2.7,<3",

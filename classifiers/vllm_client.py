@@ -15,6 +15,7 @@ makes a cached answer the answer a re-run would have got.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import threading
@@ -89,8 +90,9 @@ class _Permanent(Exception):
 class VLLMClient:
     """Sends OpenAI-style request bodies to `base_url` (e.g. http://host:8000/v1).
 
-    `run(requests)` is synchronous for Beam DoFns: it submits every request to an event loop on a
-    background thread (`concurrency` in flight at most) and returns results in request order.
+    Requests run on an event loop in a background thread, `concurrency` in flight at most:
+    `submit(requests)` returns futures at once (a streaming DoFn keeps the server busy across
+    batch boundaries with it), `run(requests)` waits and returns results in request order.
     """
 
     def __init__(self, base_url: str, concurrency: int = 32, timeout_s: float = 300.0,
@@ -112,21 +114,26 @@ class VLLMClient:
 
     # --- public ---------------------------------------------------------------------------------
 
-    def run(self, requests: list[tuple[str, dict]]) -> list[Result]:
-        """Results for `(path, body)` requests, from the cache where present, else the server."""
-        keys = [request_key(path, body) for path, body in requests]
-        results: list[Optional[Result]] = [None] * len(requests)
-        futures = {}
-        for i, ((path, body), key) in enumerate(zip(requests, keys)):
+    def submit(self, requests: list[tuple[str, dict]]) -> list[concurrent.futures.Future]:
+        """Start `(path, body)` requests without waiting: one future per request, resolving to
+        its `Result`. Cached ones are read here and resolve at once; the others queue on the
+        client's event loop and run `concurrency` at a time in submission order, so a caller
+        can submit the next batch while this one is still in flight."""
+        futures = []
+        for path, body in requests:
+            key = request_key(path, body)
             cached = self.cache.get(key) if self.cache else None
-            if cached is not None:
-                results[i] = Result(key, cached, cached=True)
+            if cached is None:
+                futures.append(asyncio.run_coroutine_threadsafe(self._send(key, path, body),
+                                                                self._loop))
             else:
-                futures[i] = asyncio.run_coroutine_threadsafe(self._send(key, path, body),
-                                                              self._loop)
-        for i, future in futures.items():
-            results[i] = future.result()
-        return results  # type: ignore[return-value]
+                futures.append(concurrent.futures.Future())
+                futures[-1].set_result(Result(key, cached, cached=True))
+        return futures
+
+    def run(self, requests: list[tuple[str, dict]]) -> list[Result]:
+        """Results for `(path, body)` requests in request order (`submit` and wait)."""
+        return [future.result() for future in self.submit(requests)]
 
     def close(self) -> None:
         if self._http is not None:

@@ -20,6 +20,7 @@ re-run writes the same documents, never a second copy.
 """
 from __future__ import annotations
 
+import collections
 import json
 from dataclasses import field
 from typing import Optional
@@ -27,6 +28,7 @@ from typing import Optional
 import apache_beam as beam
 import pyarrow as pa
 import xxhash
+from apache_beam.transforms.window import GlobalWindows
 
 from classifiers.vllm_client import CHAT, completion_text, usage_tokens
 from classifiers.vllm_server import Connection, ServingConfig
@@ -40,6 +42,7 @@ STAGE = "rephrase"
 SYNTHETIC = "synthetic"
 WRAP_STYLES = ["wrap_simple", "wrap_wikipedia", "wrap_scholarly", "wrap_qa"]
 NEMOTRON_HIGH = ["nemotron_qa", "nemotron_distill", "nemotron_extract", "nemotron_list"]
+QUEUED_PER_SLOT = 4  # unfinished requests per concurrency slot before `process` waits
 
 
 @config_dataclass
@@ -90,8 +93,10 @@ def accept(text: str, finish_reason: Optional[str], prefix: Optional[str]) -> st
 
 
 class RephraseFn(beam.DoFn):
-    """Per batch: plan requests, send them (cache first), yield the batch, synthetic documents and
-    rejects. One batch's requests are in flight together, bounded by the client's concurrency."""
+    """Per batch: plan requests, queue them on the client (cache first) and yield the batch at
+    once; a batch's synthetic documents and rejects follow when all its requests have finished
+    (in a later `process` call, or at `finish_bundle`). Requests of consecutive batches share
+    one queue, so the server sees `concurrency` requests in flight across batch boundaries."""
 
     def __init__(self, config: RephraseConfig):
         self.config = config
@@ -137,14 +142,42 @@ class RephraseFn(beam.DoFn):
                         "body": {"model": model, "messages": template.messages(chunk), **params}})
         return planned
 
+    def start_bundle(self):
+        self.pending: collections.deque = collections.deque()  # (planned, futures) per batch
+        self.unfinished: collections.deque = collections.deque()  # futures, submission order
+
     def process(self, batch: pa.RecordBatch):
         planned = self.plan(batch)
         yield batch
-        if not planned:
-            return
-        count(INPUT, len(planned))
-        count("rephrase.requests", len(planned))
-        results = self.client.run([(CHAT, p["body"]) for p in planned])
+        if planned:
+            count(INPUT, len(planned))
+            count("rephrase.requests", len(planned))
+            futures = self.client.submit([(CHAT, p["body"]) for p in planned])
+            self.pending.append((planned, futures))
+            self.unfinished.extend(futures)
+        # Back-pressure without a batch barrier: wait only while more than QUEUED_PER_SLOT x
+        # concurrency requests are unfinished, so the next batch is planned and queued while
+        # this one's tail is still generating.
+        self.wait_until(QUEUED_PER_SLOT * self.config.vllm.concurrency)
+        yield from self.finished()
+
+    def finish_bundle(self):
+        self.wait_until(0)
+        for output in self.finished():
+            yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+
+    def wait_until(self, unfinished: int) -> None:
+        while self.unfinished and (self.unfinished[0].done()
+                                   or len(self.unfinished) > unfinished):
+            self.unfinished.popleft().result()
+
+    def finished(self):
+        """Outputs of the oldest batches whose requests have all finished, in batch order."""
+        while self.pending and all(f.done() for f in self.pending[0][1]):
+            planned, futures = self.pending.popleft()
+            yield from self.outputs(planned, [f.result() for f in futures])
+
+    def outputs(self, planned: list[dict], results: list) -> list[beam.pvalue.TaggedOutput]:
         count("rephrase.cache_hits", sum(r.cached for r in results))
         count("rephrase.retries", sum(max(0, r.attempts - 1) for r in results))
         rejects = Rejects(STAGE)
@@ -167,10 +200,12 @@ class RephraseFn(beam.DoFn):
                 continue
             synthetic.append(self.synthetic_doc(p, result.key, kept, prompt_tokens,
                                                 completion_tokens))
+        outputs = []
         if synthetic:
-            yield beam.pvalue.TaggedOutput(SYNTHETIC, batch_from_rows(synthetic))
+            outputs.append(beam.pvalue.TaggedOutput(SYNTHETIC, batch_from_rows(synthetic)))
         if len(rejects):
-            yield beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch())
+            outputs.append(beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch()))
+        return outputs
 
     def synthetic_doc(self, p: dict, request_key: str, text: str, prompt_tokens: int,
                       completion_tokens: int) -> dict:
