@@ -11,29 +11,33 @@ import sys
 
 from transforms.config import ConfigError
 
-# Subcommand modules, in help order; each defines register(subparsers).
-COMMANDS = [
-    "pipelines.run",
-    "pipelines.refresh",
-    "pipelines.mixture",
-    "pipelines.select",
-    "pipelines.dedup",
-    "pipelines.rephrase",
-    "pipelines.quality",
-]
+# Subcommand -> the module that registers it (`register(subparsers)`), in help order. Only the
+# chosen command's module is imported, so `sluice run` does not pay for scipy or torch imports.
+COMMANDS = {
+    "run": "pipelines.run",
+    "refresh": "pipelines.refresh",
+    "corpus": "pipelines.refresh",
+    "dedup": "pipelines.dedup",
+    "quality": "pipelines.quality",
+    "rephrase": "pipelines.rephrase",
+    "select": "pipelines.select",
+    "mixture": "pipelines.mixture",
+}
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(command: str | None = None) -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="sluice", description="Curate LLM pretraining corpora "
                                   "on Apache Beam. Unknown options go to Beam.")
     subparsers = top.add_subparsers(dest="command", required=True)
-    for module in COMMANDS:
+    modules = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for module in modules:
         importlib.import_module(module).register(subparsers)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, beam_args = parser().parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args, beam_args = parser(argv[0] if argv else None).parse_known_args(argv)
     args.beam_args = beam_args
     try:
         return args.func(args) or 0
