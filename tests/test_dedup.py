@@ -89,6 +89,7 @@ def _band_rows(signatures: np.ndarray, key: int) -> pa.Table:
     n = len(signatures)
     return pa.table({"node": pa.array(np.arange(1, n + 1), pa.uint64()),
                      "old": pa.array(np.zeros(n, bool)),
+                     "exact_hi": pa.array(np.arange(n), pa.uint64()),
                      "bits": pa.FixedSizeListArray.from_arrays(
                          pa.array(low_bits(signatures).ravel()), signatures.shape[1]),
                      "band_key": pa.array(np.full(n, key), pa.uint64())})

@@ -239,7 +239,8 @@ def band_rows_table(representatives: pa.Table, bands: int, rows: int) -> pa.Tabl
     bits = pa.FixedSizeListArray.from_arrays(pa.array(low_bits(signatures).ravel(), pa.uint8()),
                                              signatures.shape[1])
     return pa.table({"node": table.column("node").take(repeat),
-                     "old": table.column("old").take(repeat), "bits": bits.take(repeat),
+                     "old": table.column("old").take(repeat),
+                     "exact_hi": table.column("exact_hi").take(repeat), "bits": bits.take(repeat),
                      "band_key": pa.array(keys.ravel(), pa.uint64())})
 
 
@@ -306,6 +307,7 @@ def verified_edges(band_rows: pa.Table, config: DedupConfig, threshold: float) -
                                         return_inverse=True)
     signatures = signatures_of(table.take(pa.array(first_row)), "bits")
     old = column(table, "old")[first_row]
+    content_order = column(table, "exact_hi")[first_row]  # the same in every run, unlike nodes
     verifier = Verifier(signatures, threshold, config.verify)
 
     starts = np.flatnonzero(_group_starts(column(table, "band_key")))
@@ -324,6 +326,7 @@ def verified_edges(band_rows: pa.Table, config: DedupConfig, threshold: float) -
                            sizes[sizes > config.all_pairs_bucket]):
         count("dedup.hot_buckets")
         members = np.unique(index[start:start + size])
+        members = members[np.argsort(content_order[members], kind="stable")]
         hot_left, hot_right, hot_similarity, unmatched = leader_pairs(
             members, verifier, config.max_leaders)
         count("dedup.hot_bucket_unmatched", unmatched)
