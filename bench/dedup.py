@@ -22,14 +22,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow as pa
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from transforms import dedup_eval  # noqa: E402
 from transforms.minhash import MinHasher, Shingling  # noqa: E402
 from transforms.sink import read_output  # noqa: E402
+from measure import measured  # noqa: E402  (bench/measure.py)
 
 SHARED = Path(os.environ.get("SLUICE_SHARED_DATA", REPO.parent / "shared" / "data"))
 FILES = 4
@@ -59,26 +58,6 @@ def write_corpus(corpus: list[dict], folder: Path) -> None:
         with open(folder / f"part-{part}.jsonl", "w", encoding="utf-8") as f:
             for doc in corpus[part::FILES]:
                 f.write(json.dumps(doc) + "\n")
-
-
-def measured(command: list[str]) -> tuple[float, float]:
-    """Run a command; (wall seconds, peak MiB summed over its process tree)."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, env=os.environ | {"SLUICE_QUIET": "1"})
-    root = psutil.Process(process.pid)
-    peak = 0
-    while process.poll() is None:
-        try:
-            tree = [root] + root.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    wall = time.perf_counter() - start
-    if process.returncode:
-        raise RuntimeError(f"{command[:4]} failed:\n{process.stderr.read().decode()[-3000:]}")
-    return wall, peak / 2**20
 
 
 def run_sluice(corpus: Path, out: Path, workers: int) -> tuple[float, float, dict]:

@@ -22,7 +22,6 @@ import argparse
 import os
 import sys
 
-import numpy as np
 from scipy.stats import spearmanr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -15,13 +15,11 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
+from measure import measured  # bench/measure.py
 
 REPO = Path(__file__).resolve().parent.parent
 WIKI = REPO.parent / "shared" / "data" / "wiki_versions" / "version_documents"
@@ -46,23 +44,9 @@ def write_corpus(path: Path, scale: int) -> int:
     return count
 
 
-def run(config: str, corpus: Path, output: Path, workers: int) -> tuple[float, int, dict]:
-    command = [sys.executable, "-m", "pipelines", "run", config, "--input", str(corpus),
-               "--output", str(output), f"--direct_num_workers={workers}"]
-    start = time.perf_counter()
-    process = psutil.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           env=dict(os.environ, SLUICE_QUIET="1"))
-    peak = 0
-    while process.poll() is None:
-        try:
-            tree = [process] + process.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    wall = time.perf_counter() - start
-    if process.returncode:
-        raise SystemExit(process.stderr.read().decode()[-3000:])
+def run(config: str, corpus: Path, output: Path, workers: int) -> tuple[float, float, dict]:
+    wall, peak = measured([sys.executable, "-m", "pipelines", "run", config, "--input",
+                           str(corpus), "--output", str(output), f"--direct_num_workers={workers}"])
     with open(output / "stats.json") as f:
         return wall, peak, json.load(f)
 
@@ -92,7 +76,7 @@ def main() -> None:
             f"{'-':>8}"
         print(f"{scale:>4}x {docs:>7} {size / 1e6:>6.1f} {kept:>7} {wall:>7.1f} "
               f"{1000 * wall / docs:>9.2f} {marginal} {wall / base[3]:>10.2f} "
-              f"{peak / 2**20:>9.0f} {peak / base[4]:>9.2f}")
+              f"{peak:>9.0f} {peak / base[4]:>9.2f}")
 
 
 if __name__ == "__main__":
