@@ -101,14 +101,14 @@ def expand_inputs(specs: list[InputSpec]) -> list[tuple[int, str]]:
 
 def _open_decompressed(path: str):
     """Open a local or remote file, undoing .gz/.zst compression with native stream readers."""
-    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     lower = path.lower()
+    if lower.endswith((".bz2", ".xz")):
+        return FileSystems.open(path)  # Beam's own decompression covers the rarer codecs
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     if lower.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw)
     if lower.endswith((".zst", ".zstd")):
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
-    if lower.endswith((".bz2", ".xz")):
-        return FileSystems.open(path)  # Beam's own decompression covers the rarer codecs
     return raw
 
 
@@ -251,6 +251,7 @@ class ReadFileFn(beam.DoFn):
         default_source = source_from_path(path)
         rejects = Rejects("ingest", self.config.payload_limit)
         docs: list[dict] = []
+        read = 0  # records read, counted as input once per batch rather than per record
         records = READERS[fmt](path)
         while True:
             try:
@@ -258,11 +259,11 @@ class ReadFileFn(beam.DoFn):
             except StopIteration:
                 break
             except Exception as exc:  # a corrupt file fails once, keeping what was read
-                count(INPUT)
+                read += 1
                 rejects.fail("read_error", None, default_source, path,
                              f"{path}: {type(exc).__name__}: {exc}")
                 break
-            count(INPUT)
+            read += 1
             doc = record if isinstance(record, Failure) else to_document(record, spec, default_source)
             if isinstance(doc, Failure):
                 rejects.fail(doc.reason, doc.doc_id, spec.source or default_source, doc.payload,
@@ -274,11 +275,14 @@ class ReadFileFn(beam.DoFn):
                 continue
             docs.append(doc)
             if len(docs) >= self.config.batch_size:
+                count(INPUT, read)
+                read = 0
                 yield batch_from_rows(docs)
                 self.progress.add(len(docs))
                 docs = []
             if len(rejects) >= self.config.batch_size:
                 yield beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch())
+        count(INPUT, read)
         if docs:
             yield batch_from_rows(docs)
             self.progress.add(len(docs))
