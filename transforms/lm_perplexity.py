@@ -24,11 +24,11 @@ import apache_beam as beam
 import pyarrow as pa
 
 from classifiers.vllm_client import COMPLETIONS, prompt_logprobs
-from classifiers.vllm_server import Connection, ServingConfig
+from classifiers.vllm_server import ServingConfig
 from transforms.accounting import Rejects, count
 from transforms.config import config_dataclass
 from transforms.documents import ID, SOURCE, TEXT, with_column
-from transforms.prompts import Chunker, load_tokenizer
+from transforms.prompts import ServedModelFn
 from transforms.stage import REJECTS, Stage
 
 STAGE = "lm_perplexity"
@@ -41,17 +41,9 @@ class LMPerplexityConfig:
     column_prefix: str = "lm_"
 
 
-class LMPerplexityFn(beam.DoFn):
+class LMPerplexityFn(ServedModelFn, beam.DoFn):
     def __init__(self, config: LMPerplexityConfig):
         self.config = config
-
-    def setup(self):
-        self.connection = Connection(self.config.vllm)
-        self.client = self.connection.open()
-        self.chunker = Chunker(load_tokenizer(self.config.vllm.tokenizer_name))
-
-    def teardown(self):
-        self.connection.close()
 
     def process(self, batch: pa.RecordBatch):
         texts = batch.column(TEXT).to_pylist()

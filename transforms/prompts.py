@@ -14,6 +14,7 @@ from typing import Literal, Optional
 
 import yaml
 
+from classifiers.vllm_server import Connection
 from transforms.config import ConfigError, config_dataclass, parse
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,3 +125,17 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(name_or_path)
+
+
+class ServedModelFn:
+    """DoFn mixin for stages that talk to a served model: one connection (and server, in serve
+    mode) and one tokenizer-based chunker per worker, opened in `setup`, closed in `teardown`.
+    Subclasses set `self.config.vllm` (a `ServingConfig`)."""
+
+    def setup(self):
+        self.connection = Connection(self.config.vllm)
+        self.client = self.connection.open()
+        self.chunker = Chunker(load_tokenizer(self.config.vllm.tokenizer_name))
+
+    def teardown(self):
+        self.connection.close()

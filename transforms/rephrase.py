@@ -31,11 +31,11 @@ import xxhash
 from apache_beam.transforms.window import GlobalWindows
 
 from classifiers.vllm_client import CHAT, completion_text, usage_tokens
-from classifiers.vllm_server import Connection, ServingConfig
+from classifiers.vllm_server import ServingConfig
 from transforms.accounting import INPUT, Drop, Rejects, count
 from transforms.config import ConfigError, config_dataclass
 from transforms.documents import ID, SOURCE, TEXT, URL, batch_from_rows
-from transforms.prompts import DEFAULT_PROMPTS, Chunker, Template, load_templates, load_tokenizer
+from transforms.prompts import DEFAULT_PROMPTS, ServedModelFn, Template, load_templates
 from transforms.stage import REJECTS, Stage
 
 STAGE = "rephrase"
@@ -92,7 +92,7 @@ def accept(text: str, finish_reason: Optional[str], prefix: Optional[str]) -> st
     return text
 
 
-class RephraseFn(beam.DoFn):
+class RephraseFn(ServedModelFn, beam.DoFn):
     """Per batch: plan requests, queue them on the client (cache first) and yield the batch at
     once; a batch's synthetic documents and rejects follow when all its requests have finished
     (in a later `process` call, or at `finish_bundle`). Requests of consecutive batches share
@@ -101,14 +101,6 @@ class RephraseFn(beam.DoFn):
     def __init__(self, config: RephraseConfig):
         self.config = config
         self.templates = load_templates(config.prompts, config.templates)
-
-    def setup(self):
-        self.connection = Connection(self.config.vllm)
-        self.client = self.connection.open()
-        self.chunker = Chunker(load_tokenizer(self.config.vllm.tokenizer_name))
-
-    def teardown(self):
-        self.connection.close()
 
     def styles_for(self, bucket) -> list[str]:
         if isinstance(bucket, int) and not isinstance(bucket, bool):
