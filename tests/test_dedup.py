@@ -76,7 +76,9 @@ def test_band_choice_minimises_the_weighted_error_like_datasketch():
                                     (0.9, 256, 0.3)]:
         assert choose_bands(threshold, num_perm, fp, 1 - fp) == _optimal_param(
             threshold, num_perm, fp, 1 - fp)
-    assert parse(DedupConfig, {}).band_rows() == (23, 11)  # 256 permutations
+    defaults = parse(DedupConfig, {})
+    assert defaults.band_rows() == (25, 10)  # 256 permutations
+    assert defaults.edge_threshold() == pytest.approx(0.75)  # 0.8 - 2 sqrt(0.8 * 0.2 / 256)
     with pytest.raises(ConfigError, match="bands"):
         parse(DedupConfig, {"bands": 20})
     with pytest.raises(ConfigError, match="exceeds"):

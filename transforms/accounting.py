@@ -40,6 +40,12 @@ def count(name: str, n: int = 1) -> None:
         Metrics.counter(NAMESPACE, name).inc(n)
 
 
+def record_max(name: str, value: int) -> None:
+    """A run-wide maximum (e.g. the largest cluster) without a global combine step: reported in
+    `stats.json` counters as the distribution's max."""
+    Metrics.distribution(NAMESPACE, name).update(value)
+
+
 class Drop(Exception):
     """Raised by a per-document function to drop the document with a named reason."""
 
@@ -106,6 +112,11 @@ def run_stats(result) -> dict:
     for counter in query["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
+    for distribution in query["distributions"]:
+        value = distribution.committed or distribution.attempted
+        if value is not None and value.count:
+            name = distribution.key.metric.name
+            totals[name] = max(totals.get(name, value.max), value.max)
     return stats_from_counters(totals)
 
 

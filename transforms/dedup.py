@@ -34,7 +34,7 @@ from pydantic import model_validator
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 
-from transforms.accounting import Rejects, count
+from transforms.accounting import Rejects, count, record_max
 from transforms.config import config_dataclass
 from transforms.connected_components import ConnectedComponents, edge_table
 from transforms.dedup_index import ReadIndex, index_schema, open_index, signature_array
@@ -64,11 +64,11 @@ class DedupConfig:
     num_perm: int = 256               # 128 loses ~2% recall at 0.8 to estimate noise (docs)
     bands: Optional[int] = None       # bands x rows; chosen from the threshold when unset
     rows: Optional[int] = None
-    false_negative_weight: float = 0.9  # verification removes false positives, so favour recall
+    false_negative_weight: float = 0.95  # verification removes false positives, so favour recall
     seed: int = 1
     near: bool = True                 # false: exact duplicates only
     verify: bool = True
-    verify_threshold: Optional[float] = None  # estimated Jaccard an edge needs (default threshold)
+    verify_threshold: Optional[float] = None  # estimated Jaccard an edge needs (`edge_threshold`)
     all_pairs_bucket: int = 64        # buckets up to this size verify every pair
     max_leaders: int = 32             # hotter buckets verify each member against this many
     quality_column: Optional[str] = "quality_score"
@@ -95,6 +95,16 @@ class DedupConfig:
             return self.bands, self.rows
         return choose_bands(self.threshold, self.num_perm, 1.0 - self.false_negative_weight,
                             self.false_negative_weight)
+
+    def edge_threshold(self) -> float:
+        """The estimated Jaccard a verified edge needs: unless set, the threshold less two
+        standard errors of the estimate there, sqrt(t (1 - t) / num_perm). Verifying at the
+        threshold itself rejects half of the pairs that sit exactly on it (estimate noise);
+        two standard errors rejects ~2%, and only pairs just below the threshold get in."""
+        if self.verify_threshold is not None:
+            return self.verify_threshold
+        t = self.threshold
+        return t - 2.0 * (t * (1.0 - t) / self.num_perm) ** 0.5
 
     def sketch_params(self) -> dict:
         """What must match between a corpus and the index it is compared with."""
@@ -345,14 +355,6 @@ def verified_edges(band_rows: pa.Table, config: DedupConfig, threshold: float) -
 
 # --- 5. survivors ---------------------------------------------------------------------------------
 
-def join_labels(parts: dict) -> list[pa.Table]:
-    """A node partition: clustered nodes' attributes with their component label."""
-    labels, attributes = parts["labels"], parts["attributes"]
-    if labels is None or attributes is None:
-        return []
-    return [attributes.join(labels, "node", join_type="inner")]
-
-
 def choose_survivors(clustered: pa.Table):
     """A component partition -> decisions for dropped documents and `clusters` rows."""
     table = clustered.sort_by([("component", "ascending")] + SURVIVOR_ORDER)
@@ -381,7 +383,8 @@ def choose_survivors(clustered: pa.Table):
     yield beam.pvalue.TaggedOutput(_CLUSTERS, pa.table(
         [ids.filter(pa.array(new)), cluster_id.filter(pa.array(new)),
          pa.array(starts[new])], schema=CLUSTER_SCHEMA))
-    yield int(sizes.max()) if len(sizes) else 0
+    if len(sizes):
+        record_max("dedup.largest_cluster", int(sizes.max()))
 
 
 # --- 6. apply -------------------------------------------------------------------------------------
@@ -417,14 +420,6 @@ def _random_key(batch):
     return uuid.uuid4().int & 0xFFFFFFFFFFFFFFFF, batch
 
 
-def _max_or_zero(values):
-    return max(values, default=0)
-
-
-def _count_largest(largest: int) -> None:
-    count("dedup.largest_cluster", largest)
-
-
 def _drop_decided(parts: dict) -> list[pa.Table]:
     """Survivors' sketches: this run's sketches minus the dropped nodes."""
     sketches, decisions = parts["sketches"], parts["decisions"]
@@ -456,7 +451,7 @@ class Dedup(Stage):
     def expand(self, documents):
         config = self.config
         bands, rows = config.band_rows()
-        verify_threshold = config.verify_threshold or config.threshold
+        verify_threshold = config.edge_threshold()
         partitions = config.partitions
         keyed = (documents
                  | "KeyBatches" >> beam.Map(_random_key)
@@ -482,26 +477,19 @@ class Dedup(Stage):
                     | "BandGroup" >> Shuffle(lambda t: column(t, "band_key"), partitions)
                     | "Verify" >> beam.Map(verified_edges, config, verify_threshold))
             edges.append(near)
-        labels = (edges
-                  | "AllEdges" >> beam.Flatten()
-                  | "Components" >> ConnectedComponents(config.cc_rounds, partitions))
-        by_node = lambda t: column(t, "node")  # noqa: E731
-        survivors = ({"labels": labels, "attributes": exact[_ATTRIBUTES]}
-                     | "JoinLabels" >> CoShuffle({"labels": by_node, "attributes": by_node},
-                                                 partitions)
-                     | "Join" >> beam.FlatMap(join_labels)
+        all_edges = edges | "AllEdges" >> beam.Flatten()
+        survivors = ({"edges": all_edges, "attributes": exact[_ATTRIBUTES]}
+                     | "Components" >> ConnectedComponents(config.cc_rounds, partitions)
                      | "ClusterGroup" >> Shuffle(lambda t: column(t, "component"), partitions)
                      | "Survivors" >> beam.FlatMap(choose_survivors).with_outputs(
-                         _DECISIONS, _CLUSTERS, main="largest"))
-        (survivors.largest
-         | "Largest" >> beam.CombineGlobally(_max_or_zero)
-         | "CountLargest" >> beam.Map(_count_largest))
+                         _DECISIONS, _CLUSTERS))
         self.clusters = survivors[_CLUSTERS]
         if self.context is not None:
             (self.clusters
              | "ClusterBatches" >> beam.FlatMap(_record_batches)
              | "WriteClusters" >> self.context.sink("clusters", "clusters"))
         if config.write_index:
+            by_node = lambda t: column(t, "node")  # noqa: E731
             update = ({"sketches": sketches, "decisions": survivors[_DECISIONS]}
                       | "SurvivorSketches" >> CoShuffle({"sketches": by_node,
                                                          "decisions": by_node}, partitions)
