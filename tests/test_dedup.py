@@ -27,7 +27,7 @@ from transforms.minhash import MinHasher, Shingling, choose_bands, low_bits
 from transforms.sink import read_output
 
 ONE_WORKER = ["--direct_num_workers=1"]
-SMALL_RUN = {"partitions": 8, "cc_rounds": 8}  # fewer Beam stages for test-sized corpora
+SMALL_RUN = {"partitions": 8, "cc_rounds": 8}  # explicit settings (defaults follow the runner)
 SMALL_RUN_ARGS = [f"--set=stages.0.dedup.{key}={value}" for key, value in SMALL_RUN.items()]
 
 
@@ -144,7 +144,8 @@ def _expected_labels(u, v) -> dict:
     return {node: minimum[label] for node, label in zip(nodes.tolist(), labels.tolist())}
 
 
-def test_connected_components_on_a_chain_a_star_and_many_small_clusters():
+@pytest.mark.parametrize("partitions", [4, 32])
+def test_connected_components_on_a_chain_a_star_and_many_small_clusters(partitions):
     u, v = _adversarial_graph()
     expected = _expected_labels(u, v)
     pieces = [edge_table(u[i:i + 5000], v[i:i + 5000]) for i in range(0, len(u), 5000)]
@@ -157,8 +158,8 @@ def test_connected_components_on_a_chain_a_star_and_many_small_clusters():
 
     with test_pipeline() as p:
         defaults = parse(DedupConfig, {})  # the default rounds must cover these shapes
-        labels = p | beam.Create(pieces) | ConnectedComponents(defaults.cc_rounds,
-                                                               defaults.partitions)
+        labels = p | beam.Create(pieces) | ConnectedComponents(
+            defaults.components_rounds(partitions), partitions)
         assert_that(labels | beam.combiners.ToList(), lambda lists: check(lists[0]))
 
 
