@@ -87,14 +87,15 @@ def test_band_choice_minimises_the_weighted_error_like_datasketch():
 
 # --- verified candidate edges ---------------------------------------------------------------------
 
-def _band_rows(signatures: np.ndarray, key: int) -> pa.Table:
+def _band_partition(signatures: np.ndarray, key: int) -> tuple[pa.Table, pa.Table]:
+    """Every document in one bucket: (band rows, node rows) as the band shuffle delivers them."""
     n = len(signatures)
-    return pa.table({"node": pa.array(np.arange(1, n + 1), pa.uint64()),
-                     "old": pa.array(np.zeros(n, bool)),
-                     "exact_hi": pa.array(np.arange(n), pa.uint64()),
-                     "bits": pa.FixedSizeListArray.from_arrays(
-                         pa.array(low_bits(signatures).ravel()), signatures.shape[1]),
-                     "band_key": pa.array(np.full(n, key), pa.uint64())})
+    nodes = pa.array(np.arange(1, n + 1), pa.uint64())
+    return (pa.table({"band_key": pa.array(np.full(n, key), pa.uint64()), "node": nodes}),
+            pa.table({"node": nodes, "old": pa.array(np.zeros(n, bool)),
+                      "exact_hi": pa.array(np.arange(n), pa.uint64()),
+                      "bits": pa.FixedSizeListArray.from_arrays(
+                          pa.array(low_bits(signatures).ravel()), signatures.shape[1])}))
 
 
 @pytest.mark.parametrize("members", [40, 3000])  # all pairs, and a hot bucket with leaders
@@ -109,7 +110,7 @@ def test_a_shared_band_key_links_only_verified_pairs(members):
         flip = rng.random((len(rows), 128)) < 0.05  # estimated Jaccard ~0.95
         noise = rng.integers(0, 2**32, (len(rows), 128))
         signatures[rows] = np.where(flip, noise, base[group - 1])
-    edges = verified_edges(_band_rows(signatures, key=7), parse(DedupConfig, {}), 0.8)
+    edges = verified_edges(_band_partition(signatures, key=7), parse(DedupConfig, {}), 0.8)
     u = edges.column("u").to_numpy().astype(np.int64) - 1
     v = edges.column("v").to_numpy().astype(np.int64) - 1
     assert (similar[u] == similar[v]).all() and (similar[u] > 0).all()  # no chaining

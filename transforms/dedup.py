@@ -40,7 +40,7 @@ from transforms.accounting import Rejects, count, record_max
 from transforms.config import config_dataclass
 from transforms.connected_components import ConnectedComponents, edge_table
 from transforms.dedup_index import ReadIndex, index_schema, open_index, signature_array
-from transforms.dedup_shuffle import CoShuffle, Shuffle, column
+from transforms.dedup_shuffle import CoShuffle, Shuffle, column, gather, partition_of
 from transforms.documents import ID, SOURCE, TEXT
 from transforms.minhash import (MinHasher, Shingling, band_keys, bbit_jaccard, choose_bands, fmix64,
                                low_bits)
@@ -262,19 +262,37 @@ def exact_groups(sketches: pa.Table):
 
 # --- 3. near: LSH buckets with verified edges ----------------------------------------------------
 
-def band_rows_table(representatives: pa.Table, bands: int, rows: int) -> pa.Table:
-    """One row per (document, band): the band key, node, old flag and the b-bit signature
-    that verification needs (a quarter of the full signature's bytes)."""
+def band_pieces(representatives: pa.Table, bands: int, rows: int, partitions: int):
+    """(partition, (band rows, node rows)) for the band shuffle. Band rows are (band key, node),
+    one per document and band; node rows carry what verification needs (old flag, content
+    order, the b-bit signature: a quarter of the full signature's bytes) once per document and
+    partition, not once per band: with few partitions that is several times fewer bytes."""
     table = representatives.filter(representatives.column("has_shingles"))
+    if not table.num_rows:
+        return
     signatures = signatures_of(table)
-    keys = band_keys(signatures, bands, rows)
-    repeat = pa.array(np.repeat(np.arange(table.num_rows), bands))
+    keys = band_keys(signatures, bands, rows).ravel()
+    document = np.repeat(np.arange(table.num_rows), bands)
+    parts = partition_of(keys, partitions)
+    order = np.argsort(parts, kind="stable")
+    bounds = np.searchsorted(parts[order], np.arange(partitions + 1))
     bits = pa.FixedSizeListArray.from_arrays(pa.array(low_bits(signatures).ravel(), pa.uint8()),
                                              signatures.shape[1])
-    return pa.table({"node": table.column("node").take(repeat),
-                     "old": table.column("old").take(repeat),
-                     "exact_hi": table.column("exact_hi").take(repeat), "bits": bits.take(repeat),
-                     "band_key": pa.array(keys.ravel(), pa.uint64())})
+    nodes = table.select(["node", "old", "exact_hi"]).append_column("bits", bits)
+    node_column = column(table, "node")
+    for partition in range(partitions):
+        rows_here = order[bounds[partition]:bounds[partition + 1]]
+        if len(rows_here):
+            band_rows = pa.table({"band_key": pa.array(keys[rows_here], pa.uint64()),
+                                  "node": pa.array(node_column[document[rows_here]],
+                                                   pa.uint64())})
+            yield partition, (band_rows, nodes.take(pa.array(np.unique(document[rows_here]))))
+
+
+def gather_bands(pieces) -> tuple[pa.Table, pa.Table]:
+    """A band partition's pieces -> (band rows, node rows); every node comes from one piece."""
+    band_rows, nodes = zip(*pieces)
+    return gather(band_rows), gather(nodes)
 
 
 def _pairs_within(bucket_starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -333,14 +351,17 @@ def leader_pairs(members: np.ndarray, verifier: Verifier, max_leaders: int):
     return left[keep], right[keep], similarity[keep], len(unmatched)
 
 
-def verified_edges(band_rows: pa.Table, config: DedupConfig, threshold: float) -> pa.Table:
-    """A partition of band rows -> a spanning forest of its verified candidate pairs."""
+def verified_edges(partition: tuple[pa.Table, pa.Table], config: DedupConfig,
+                   threshold: float) -> pa.Table:
+    """A band partition (band rows, node rows) -> a spanning forest of its verified pairs."""
+    band_rows, node_rows = partition
+    node_rows = node_rows.sort_by("node")
     table = band_rows.sort_by([("band_key", "ascending"), ("node", "ascending")])
-    nodes, first_row, index = np.unique(column(table, "node"), return_index=True,
-                                        return_inverse=True)
-    signatures = signatures_of(table.take(pa.array(first_row)), "bits")
-    old = column(table, "old")[first_row]
-    content_order = column(table, "exact_hi")[first_row]  # the same in every run, unlike nodes
+    nodes = column(node_rows, "node")
+    index = np.searchsorted(nodes, column(table, "node"))
+    signatures = signatures_of(node_rows, "bits")
+    old = column(node_rows, "old")
+    content_order = column(node_rows, "exact_hi")  # the same in every run, unlike nodes
     verifier = Verifier(signatures, threshold, config.verify)
 
     starts = np.flatnonzero(_group_starts(column(table, "band_key")))
@@ -496,9 +517,10 @@ class Dedup(Stage):
         edges = [exact[_EDGES]]
         if config.near:
             near = (exact[_REPRESENTATIVES]
-                    | "Bands" >> beam.Map(band_rows_table, bands, rows)
-                    | "BandGroup" >> Shuffle(lambda t: column(t, "band_key"), partitions)
-                    | "Verify" >> beam.Map(verified_edges, config, verify_threshold))
+                    | "Bands" >> beam.FlatMap(band_pieces, bands, rows, partitions)
+                    | "BandGroup" >> beam.GroupByKey()
+                    | "Verify" >> beam.MapTuple(lambda _, pieces: verified_edges(
+                        gather_bands(pieces), config, verify_threshold)))
             edges.append(near)
         all_edges = edges | "AllEdges" >> beam.Flatten()
         survivors = ({"edges": all_edges, "attributes": exact[_ATTRIBUTES]}
