@@ -23,10 +23,12 @@ Outputs: the surviving documents, dropped ones on the dead-letter output, `clust
 from __future__ import annotations
 
 import math
+import tempfile
 import uuid
 from typing import Literal, Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 import numpy as np
 import pyarrow as pa
@@ -49,6 +51,7 @@ from transforms.stage import REJECTS, Stage
 
 EXACT, NEAR, INDEX = "exact_duplicate", "near_duplicate", "duplicate_of_index"
 CLUSTER_SCHEMA = pa.schema([(ID, pa.string()), ("cluster_id", pa.string()), ("kept", pa.bool_())])
+_SPILLED = "spilled"
 _DECISIONS, _CLUSTERS, _EDGES, _ATTRIBUTES, _REPRESENTATIVES = (
     "decisions", "clusters", "edges", "attributes", "representatives")
 # Survivor order: index documents first, then quality, length, id; the exact key, then the
@@ -168,18 +171,26 @@ def quality_scores(batch: pa.RecordBatch, name: Optional[str]) -> np.ndarray:
 
 
 class SketchFn(beam.DoFn):
-    """(batch key, documents) -> one sketch table row per document."""
+    """documents -> one sketch table row per document; the batch itself is spilled to a file
+    and leaves as (batch key, path) on the `spilled` output.
 
-    def __init__(self, config: DedupConfig):
+    Spilling keeps the documents out of every shuffle: only sketches, edges and decisions move,
+    and the batch is read back once its decisions are known. The key is drawn here, so the
+    sketches and the spilled batch of one attempt always agree (no checkpoint step needed)."""
+
+    def __init__(self, config: DedupConfig, spill_dir: str):
         self.config = config
+        self.spill_dir = spill_dir
 
     def setup(self):
         self.shingling = Shingling(self.config.ngram, self.config.shingle)
         self.hasher = MinHasher(self.config.num_perm, self.config.seed)
         self.progress = Progress("dedup")
 
-    def process(self, element):
-        batch_key, batch = element
+    def process(self, batch):
+        batch_key = uuid.uuid4().int & 0xFFFFFFFFFFFFFFFF
+        yield beam.pvalue.TaggedOutput(_SPILLED, (batch_key, spill(batch, self.spill_dir,
+                                                                    batch_key)))
         texts = batch.column(TEXT)
         tokens = self.shingling.tokens(texts)
         hi, lo = exact_keys(texts, tokens, self.shingling)
@@ -193,6 +204,22 @@ class SketchFn(beam.DoFn):
             quality=quality_scores(batch, self.config.quality_column),
             length=pc.utf8_length(texts.fill_null("")).to_numpy(zero_copy_only=False),
             exact_hi=hi, exact_lo=lo, signatures=signatures, has_shingles=np.diff(offsets) > 0)
+
+
+def spill(batch: pa.RecordBatch, directory: str, key: int) -> str:
+    """Write a batch as an Arrow IPC stream (temp name, then rename); returns its path."""
+    path = FileSystems.join(directory, f"{key:016x}.arrow")
+    temp = f"{path}.tmp"
+    with FileSystems.create(temp) as handle:
+        with pa.ipc.new_stream(handle, batch.schema) as writer:
+            writer.write_batch(batch)
+    FileSystems.rename([temp], [path])
+    return path
+
+
+def read_spilled(path: str) -> pa.RecordBatch:
+    with FileSystems.open(path) as handle:
+        return pa.ipc.open_stream(handle.read()).read_next_batch()
 
 
 def sketch_table(node, ids, batch, row, old, quality, length, exact_hi, exact_lo, signatures,
@@ -434,7 +461,8 @@ def choose_survivors(clustered: pa.Table):
 # --- 6. apply -------------------------------------------------------------------------------------
 
 class ApplyDecisionsFn(beam.DoFn):
-    """(batch key, {documents, decisions}) -> surviving documents; dropped ones dead-letter."""
+    """(batch key, {spilled: [path], decisions}) -> the spilled batch's surviving documents;
+    dropped ones dead-letter."""
 
     def __init__(self, stage: str):
         self.stage = stage
@@ -442,7 +470,8 @@ class ApplyDecisionsFn(beam.DoFn):
     def process(self, element):
         _, grouped = element
         decisions = [d for d in grouped["decisions"] if d.num_rows]
-        for batch in grouped["documents"]:
+        for path in grouped["spilled"]:
+            batch = read_spilled(path)
             if not decisions:
                 yield batch
                 continue
@@ -458,10 +487,6 @@ class ApplyDecisionsFn(beam.DoFn):
             if keep.any():
                 yield batch.filter(pa.array(keep))
             yield beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch())
-
-
-def _random_key(batch):
-    return uuid.uuid4().int & 0xFFFFFFFFFFFFFFFF, batch
 
 
 def _drop_decided(parts: dict) -> list[pa.Table]:
@@ -497,10 +522,11 @@ class Dedup(Stage):
         bands, rows = config.band_rows()
         verify_threshold = config.edge_threshold()
         partitions = config.shuffle_partitions(documents.pipeline.options)
-        keyed = (documents
-                 | "KeyBatches" >> beam.Map(_random_key)
-                 | "CheckpointKeys" >> beam.Reshuffle())  # stable keys for both branches below
-        sketches = keyed | "Sketch" >> beam.ParDo(SketchFn(config))
+        spill_dir = (FileSystems.join(self.context.staging_dir, f"spill-{uuid.uuid4().hex}")
+                     if self.context is not None else tempfile.mkdtemp(prefix="sluice-dedup-"))
+        sketched = documents | "Sketch" >> beam.ParDo(SketchFn(config, spill_dir)).with_outputs(
+            _SPILLED, main="sketches")
+        sketches = sketched.sketches
         if config.index:
             stored = open_index(config.index, config.sketch_params(), create=config.write_index)
             old = (documents.pipeline | "IndexShards" >> beam.Create(stored)
@@ -549,7 +575,7 @@ class Dedup(Stage):
 
         decisions = (survivors[_DECISIONS]
                      | "KeyDecisions" >> beam.FlatMap(_by_batch))
-        applied = ({"documents": keyed, "decisions": decisions}
+        applied = ({"spilled": sketched[_SPILLED], "decisions": decisions}
                    | "JoinDecisions" >> beam.CoGroupByKey()
                    | "Apply" >> beam.ParDo(ApplyDecisionsFn("dedup")).with_outputs(
                        REJECTS, main="documents"))
