@@ -2,16 +2,18 @@
 
 Baseline: the identical chat requests (same chunks, templates and seeded sampling params, hence
 the same generated tokens) sent with the official `openai` AsyncOpenAI client at the same
-concurrency, nothing else running. Pipeline: `sluice rephrase` on one Beam worker with that
-concurrency, a fresh request cache, ingest, chunking, post-filters and the Arrow sinks included.
-Both are timed in the same run against the same server (prefix caching off, so the second run
-does not reuse the first one's prompt KV). A watcher polls the server's Prometheus `/metrics`
-(every 50 ms until the first request arrives, then once a second) to time each run's start-up
-(command start to the first request on the server: Python and Beam start-up, tokenizer load,
+concurrency, nothing else running. Pipeline: `sluice rephrase` as a user runs it (one local Beam
+worker process by default) with that concurrency, a fresh request cache, ingest, chunking,
+post-filters and the Arrow sinks included. Both are timed in the same run against the same
+server (prefix caching off, so the second run does not reuse the first one's prompt KV), after
+one untimed warm-up of 2 x concurrency requests; with `--repeats` the order alternates, so a
+drift in the machine's load hits both. A watcher polls the server's Prometheus `/metrics` (every
+50 ms until the first request arrives, then once a second) to time each run's start-up (command
+start to the first request on the server: Beam graph construction and start-up, tokenizer load,
 ingest and planning of the first batch) and to sample the requests in flight. Two ratios of
-completion tokens/s, pipeline / direct: end to end, and steady state (each run's time minus its
-own start-up; the pipeline's tail, sinks and finalisation, stays in). Timings on a shared machine
-are noisy: compare the ratios, not the rates.
+completion tokens/s, pipeline / direct (medians over repeats): end to end, and steady state (each
+run's time minus its own start-up; the pipeline's tail, sinks and finalisation, stays in).
+Timings on a shared machine are noisy: compare the ratios, not the rates.
 
     python -m bench.rephrase                       # tiny random Llama on a local CPU vLLM server
     python -m bench.rephrase --endpoint URL --model NAME --tokenizer PATH   # e.g. a GPU server
@@ -129,8 +131,7 @@ def run_pipeline(inputs: str, args, concurrency: int, work: Path) -> tuple[int, 
             "--model", args.model, "--tokenizer", args.tokenizer, "--styles", *args.styles,
             "--cache", tempfile.mkdtemp(dir=work, prefix="cache-"),
             "--concurrency", str(concurrency),
-            "--set", f"stages.0.rephrase.sampling.max_tokens={args.max_tokens}",
-            "--direct_num_workers=1"]
+            "--set", f"stages.0.rephrase.sampling.max_tokens={args.max_tokens}"]
     if args.batch_size:
         argv += ["--set", f"ingest.batch_size={args.batch_size}"]
     start = time.perf_counter()
@@ -189,16 +190,22 @@ def main() -> None:
         bodies = planned_bodies(stage, docs)
         print(f"{len(docs)} documents -> {len(bodies)} requests, styles {args.styles}, "
               f"max_tokens {args.max_tokens}, concurrency {args.concurrency}", flush=True)
-        direct, pipeline = [], []
-        for repeat in range(args.repeats):  # alternate, so drift in load hits both
-            with ServerWatch(args.endpoint) as watch:
-                tokens, start, seconds = run_direct(args.endpoint, bodies, args.concurrency)
-            direct.append(report("direct", repeat, tokens, start, seconds, watch))
-            with ServerWatch(args.endpoint) as watch:
-                tokens_p, start, seconds, requests = run_pipeline(str(inputs), args,
-                                                                  args.concurrency, work)
-            assert requests == len(bodies) and tokens_p == tokens, (requests, tokens_p, tokens)
-            pipeline.append(report("pipeline", repeat, tokens_p, start, seconds, watch))
+        run_direct(args.endpoint, bodies[:2 * args.concurrency], args.concurrency)  # warm-up
+        rates = {"direct": [], "pipeline": []}
+        tokens = {}
+        for repeat in range(args.repeats):  # alternate the order, so drift in load hits both
+            for name in ("direct", "pipeline")[::1 if repeat % 2 == 0 else -1]:
+                with ServerWatch(args.endpoint) as watch:
+                    if name == "direct":
+                        tokens[name], start, seconds = run_direct(args.endpoint, bodies,
+                                                                  args.concurrency)
+                    else:
+                        tokens[name], start, seconds, requests = run_pipeline(
+                            str(inputs), args, args.concurrency, work)
+                        assert requests == len(bodies), (requests, len(bodies))
+                rates[name].append(report(name, repeat, tokens[name], start, seconds, watch))
+            assert tokens["direct"] == tokens["pipeline"], tokens  # seeded: the same generations
+        direct, pipeline = rates["direct"], rates["pipeline"]
         for kind in ("end_to_end", "steady"):
             ratio = (statistics.median(p[kind] for p in pipeline)
                      / statistics.median(d[kind] for d in direct))

@@ -5,12 +5,19 @@ Runs the `rephrase` stage (docs/rephrase.md) as a job: OUTPUT/documents/ keeps t
 OUTPUT/synthetic/ holds the rewrites, OUTPUT/dead_letter/ what was dropped or failed. The cache
 folder outlives runs and output folders: a re-run with the same cache pays only for requests
 that did not finish.
+
+Locally the job runs on one SDK worker process unless `--direct_num_workers` is given: the stage
+waits on the server, `vllm.concurrency` requests in flight from one async client keep it busy,
+and every extra worker process would run its own client (and, with `--serve`, its own server)
+on the cores the server needs.
 """
 from __future__ import annotations
 
 import json
 
-from pipelines.job import load_config, run_job, set_dotted
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.job import is_local, load_config, run_job, set_dotted
 from transforms.config import ConfigError
 
 DEFAULT_CONFIG = "configs/rephrase.yaml"
@@ -67,9 +74,17 @@ def job_data(args) -> dict:
     return data
 
 
+def beam_args(given: list[str]) -> list[str]:
+    """Beam options with one local worker process unless the user chose a number."""
+    if is_local(PipelineOptions(given)) and not any(
+            a.startswith("--direct_num_workers") for a in given):
+        return [*given, "--direct_num_workers=1"]
+    return given
+
+
 def _run(args) -> int:
     data = job_data(args)
-    stats = run_job(data, args.beam_args)
+    stats = run_job(data, beam_args(args.beam_args))
     print(json.dumps({k: v for k, v in stats.get("counters", {}).items()
                       if k.startswith("rephrase.")}, indent=2))
     return 0

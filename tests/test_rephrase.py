@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that
 
 from classifiers.vllm_client import CHAT, RequestCache, VLLMClient, request_key
 from pipelines import cli
-from pipelines.rephrase import job_data
+from pipelines.rephrase import beam_args, job_data
 from transforms.accounting import Drop
 from transforms.config import ConfigError, parse
 from transforms.prompts import Chunker, load_templates, load_tokenizer
@@ -194,3 +194,13 @@ def test_command_line_sets_server_styles_and_cache(tmp_path):
     assert stage["vllm"]["endpoint"] == "http://h:1/v1" and stage["vllm"]["cache"] == "c"
     assert stage["styles"] == ["wrap_qa"] and stage["sampling"]["seed"] == 7
     parse(RephraseConfig, stage)
+
+
+def test_command_runs_one_local_worker_unless_told():
+    """One SDK worker process locally (one client, one `--serve` server); an explicit
+    `--direct_num_workers` or a remote runner is left alone."""
+    assert beam_args([]) == ["--direct_num_workers=1"]
+    assert beam_args(["--direct_num_workers=3"]) == ["--direct_num_workers=3"]
+    assert beam_args(["--direct_num_workers", "3"]) == ["--direct_num_workers", "3"]
+    remote = ["--runner", "DataflowRunner", "--project", "p"]
+    assert beam_args(remote) == remote

@@ -46,8 +46,7 @@ def write_jsonl(path, docs) -> str:
 
 def rephrase(inputs: str, output, *args: str, max_tokens: int = 32) -> dict:
     code = cli.main(["rephrase", inputs, "--output", str(output), *args,
-                     "--set", f"stages.0.rephrase.sampling.max_tokens={max_tokens}",
-                     "--direct_num_workers=1"])
+                     "--set", f"stages.0.rephrase.sampling.max_tokens={max_tokens}"])
     assert code == 0
     return json.loads((output / "stats.json").read_text())
 
