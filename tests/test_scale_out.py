@@ -25,7 +25,7 @@ def test_two_worker_processes_match_one_in_process_worker(tmp_path):
     data = load_config(str(REPO / "configs/demo.yaml"))
     data["input"] = [dict(spec, path=str(REPO / spec["path"])) for spec in data["input"]]
     data["stages"] = [{"heuristics": {"rule_sets": ["gopher_repetition", "fineweb"]}},
-                      {"dedup": {"threshold": 0.8}}]
+                      {"dedup": {"threshold": 0.8, "partitions": 4}}]  # default follows workers
     results = {}
     for workers, mode in ((1, "in_memory"), (2, "multi_processing")):
         output = tmp_path / f"workers-{workers}"
