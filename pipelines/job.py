@@ -180,7 +180,8 @@ def run_job(data: dict, beam_args: list[str], build_fn=build, log=print) -> dict
     if str(result.state) not in ("DONE", "PipelineState.DONE"):
         raise RuntimeError(f"pipeline ended in state {result.state}")
     stats = run_stats(result)
-    outputs = {name: finalize_output(f"{staging}/{name}", FileSystems.join(job.output, name), split)
+    outputs = {name: finalize_output(f"{staging}/{name}", FileSystems.join(job.output, name), split,
+                                     job.sink)
                for name, split in context.outputs.items()}
     FileSystems.delete([staging])
     manifest = {

@@ -1,25 +1,29 @@
 """Arrow shard sink: `<split>-NNNNN-of-MMMMM.arrow` (IPC file format, zstd record batches).
 
-The shard count is derived from the total batch bytes (`shard_bytes`, default 256 MiB of
-uncompressed Arrow), each batch is keyed to a shard by a hash of its first id, and one worker
-writes each shard under a temporary name, renamed when complete. All shards of one output share
-one schema (unified over every batch), so `pyarrow.dataset` and HF `datasets` read the folder.
-Shards go to a staging folder; `finalize_output` moves them into place after the pipeline
-succeeds, so a crashed run never leaves a half-written shard that looks complete.
+Shards are written where the batches are, with no shuffle: each worker buffers its bundle's
+batches up to `shard_bytes` (default 256 MiB of uncompressed Arrow) and writes them as one shard
+under a unique staging name (temp name, then rename). Memory is bounded by the shard size, not
+the corpus, and documents never wait in the runner for a total or a schema. `finalize_output`
+runs after the pipeline succeeded: it unifies the shards' schemas (rewriting the rare shard
+whose schema differs, so `pyarrow.dataset` and HF `datasets` read the folder), orders the shards
+by their first id and moves them into place as `<split>-NNNNN-of-MMMMM.arrow`, so a crashed run
+never leaves a half-written shard that looks complete.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-import math
 import uuid
 from typing import Literal, Optional
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.accounting import KEPT, count
 from transforms.config import config_dataclass
@@ -32,26 +36,6 @@ SHARD_INDEX = "{split}.shards.json"
 class SinkConfig:
     shard_bytes: int = 256 * 2**20
     compression: Literal["zstd", "lz4", "none"] = "zstd"
-
-
-class UnifySchemas(beam.CombineFn):
-    def create_accumulator(self):
-        return None
-
-    def add_input(self, accumulator, schema):
-        return schema if accumulator is None else unify([accumulator, schema])
-
-    def merge_accumulators(self, accumulators):
-        return unify([a for a in accumulators if a is not None]) if any(
-            a is not None for a in accumulators) else None
-
-    def extract_output(self, accumulator):
-        return accumulator
-
-
-def shard_of(batch: pa.RecordBatch, num_shards: int) -> int:
-    first = batch.column(ID)[0].as_py() if ID in batch.schema.names else ""
-    return xxhash.xxh64_intdigest(f"{first}\0{batch.num_rows}".encode()) % num_shards
 
 
 class _HashingFile:
@@ -100,34 +84,63 @@ def shard_stats(table: pa.Table) -> dict:
     return stats
 
 
-class WriteShardFn(beam.DoFn):
+class WriteShardsFn(beam.DoFn):
+    """Batches -> shards of about `shard_bytes` each, written from the bundle's buffer; yields
+    each shard's entry for the shard index (staging name, schema, sha256, counts)."""
+
     def __init__(self, directory: str, split: str, config: SinkConfig, count_kept: bool):
         self.directory = directory
         self.split = split
         self.config = config
         self.count_kept = count_kept
 
-    def process(self, element, num_shards, schema):
-        shard, batches = element
-        # Sorting batches by their first id makes a shard's content order reproducible.
-        batches = sorted(batches, key=lambda b: (str(b.column(ID)[0]) if ID in b.schema.names
-                                                 else "", b.num_rows))
-        name = f"{self.split}-{shard:05d}-of-{num_shards:05d}.arrow"
-        final = FileSystems.join(self.directory, name)
-        temp = f"{final}.tmp-{uuid.uuid4().hex}"
-        options = pa.ipc.IpcWriteOptions(
-            compression=None if self.config.compression == "none" else self.config.compression)
-        sink = _HashingFile(FileSystems.create(temp))
-        conformed = [conform(b, schema) for b in batches]
-        with pa.ipc.new_file(sink, schema, options=options) as writer:
-            for batch in conformed:
-                writer.write_batch(batch)
-        sink.close()
-        FileSystems.rename([temp], [final])
-        stats = shard_stats(pa.Table.from_batches(conformed, schema=schema))
+    def start_bundle(self):
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_bytes = 0
+
+    def process(self, batch):
+        if not batch.num_rows:
+            return
+        self.pending.append(batch)
+        self.pending_bytes += batch.nbytes
+        if self.pending_bytes >= self.config.shard_bytes:
+            yield self._flush()
+
+    def finish_bundle(self):
+        if self.pending:
+            yield WindowedValue(self._flush(), MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _flush(self) -> dict:
+        batches, self.pending, self.pending_bytes = self.pending, [], 0
+        schema = unify(b.schema for b in batches)
+        entry = write_shard([conform(b, schema) for b in batches], schema, FileSystems.join(
+            self.directory, f"{self.split}-part-{uuid.uuid4().hex}.arrow"), self.config)
         if self.count_kept:
-            count(KEPT, stats["rows"])
-        yield {"name": name, "bytes": sink.size, "sha256": sink.sha256.hexdigest(), **stats}
+            count(KEPT, entry["rows"])
+        return entry
+
+
+def write_shard(batches: list[pa.RecordBatch], schema: pa.Schema, path: str,
+                config: SinkConfig) -> dict:
+    """One Arrow IPC file (temp name, then rename) -> its shard index entry."""
+    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    options = pa.ipc.IpcWriteOptions(
+        compression=None if config.compression == "none" else config.compression)
+    sink = _HashingFile(FileSystems.create(temp))
+    with pa.ipc.new_file(sink, schema, options=options) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+    sink.close()
+    FileSystems.rename([temp], [path])
+    table = pa.Table.from_batches(batches, schema=schema)
+    first = pc.min(table.column(ID)).as_py() if ID in schema.names else None
+    return {"name": path.rsplit("/", 1)[-1], "first_id": "" if first is None else str(first),
+            "schema": base64.b64encode(schema.serialize().to_pybytes()).decode(),
+            "bytes": sink.size, "sha256": sink.sha256.hexdigest(), **shard_stats(table)}
+
+
+def _schema_of(entry: dict) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(entry["schema"])))
 
 
 def _write_shard_index(shards: list[dict], path: str) -> None:
@@ -146,24 +159,10 @@ class WriteArrowShards(beam.PTransform):
         self.count_kept = count_kept
 
     def expand(self, batches):
-        batches = batches | "NonEmpty" >> beam.Filter(lambda b: b.num_rows > 0)
-        shard_bytes = self.config.shard_bytes
-        num_shards = (batches
-                      | "BatchBytes" >> beam.Map(lambda b: b.nbytes)
-                      | "TotalBytes" >> beam.CombineGlobally(sum)
-                      | "ShardCount" >> beam.Map(lambda n: max(1, math.ceil(n / shard_bytes))))
-        schema = (batches
-                  | "Schemas" >> beam.Map(lambda b: b.schema)
-                  | "UnifySchemas" >> beam.CombineGlobally(UnifySchemas()))
-        shards = (batches
-                  | "KeyByShard" >> beam.Map(lambda b, n: (shard_of(b, n), b),
-                                             beam.pvalue.AsSingleton(num_shards))
-                  | "GroupShards" >> beam.GroupByKey()
-                  | "WriteShards" >> beam.ParDo(
-                      WriteShardFn(self.staging_dir, self.split, self.config, self.count_kept),
-                      beam.pvalue.AsSingleton(num_shards), beam.pvalue.AsSingleton(schema)))
         index_path = FileSystems.join(self.staging_dir, SHARD_INDEX.format(split=self.split))
-        return (shards
+        return (batches
+                | "WriteShards" >> beam.ParDo(
+                    WriteShardsFn(self.staging_dir, self.split, self.config, self.count_kept))
                 | "CollectShards" >> beam.combiners.ToList()
                 | "WriteShardIndex" >> beam.Map(_write_shard_index, index_path))
 
@@ -175,18 +174,25 @@ def _ensure_dir(path: str) -> None:
         pass  # already there
 
 
-def finalize_output(staging_dir: str, final_dir: str, split: str) -> dict:
-    """Move a finished output's shards into `final_dir`, removing stale shards of `split`.
+def finalize_output(staging_dir: str, final_dir: str, split: str,
+                    config: Optional[SinkConfig] = None) -> dict:
+    """Move a finished output's shards into `final_dir` under their final names, removing stale
+    shards of `split`; shards whose schema differs from the output's are rewritten first.
 
     Returns the output's manifest section: shards, totals, per-source counts and schema.
     """
     with FileSystems.open(FileSystems.join(staging_dir, SHARD_INDEX.format(split=split))) as f:
-        shards = json.loads(f.read())
+        shards = sorted(json.loads(f.read()), key=lambda s: (s["first_id"], s["sha256"]))
+    schema = unify(_schema_of(s) for s in shards) if shards else None
+    shards = [_conformed(s, schema, staging_dir, config or SinkConfig()) for s in shards]
+    staged = [FileSystems.join(staging_dir, s["name"]) for s in shards]
+    for i, shard in enumerate(shards):
+        shard["name"] = f"{split}-{i:05d}-of-{len(shards):05d}.arrow"
+        del shard["first_id"], shard["schema"]
     _ensure_dir(final_dir)
     names = {s["name"] for s in shards}
     if shards:
-        FileSystems.rename([FileSystems.join(staging_dir, s["name"]) for s in shards],
-                           [FileSystems.join(final_dir, s["name"]) for s in shards])
+        FileSystems.rename(staged, [FileSystems.join(final_dir, s["name"]) for s in shards])
     stale = [m.path for m in FileSystems.match([FileSystems.join(final_dir, f"{split}-*.arrow")])[0]
              .metadata_list if m.path.rsplit("/", 1)[-1] not in names]
     if stale:
@@ -197,10 +203,6 @@ def finalize_output(staging_dir: str, final_dir: str, split: str) -> dict:
             entry = sources.setdefault(source, {"docs": 0, "tokens": 0})
             entry["docs"] += counts["docs"]
             entry["tokens"] += counts["tokens"]
-    schema = None
-    if shards:
-        with FileSystems.open(FileSystems.join(final_dir, shards[0]["name"])) as f:
-            schema = pa.ipc.open_file(f).schema  # reads the footer only
     return {
         "path": final_dir,
         "split": split,
@@ -209,6 +211,19 @@ def finalize_output(staging_dir: str, final_dir: str, split: str) -> dict:
         "sources": dict(sorted(sources.items())),
         "schema": [{"name": f.name, "type": str(f.type)} for f in schema] if schema else [],
     }
+
+
+def _conformed(shard: dict, schema: pa.Schema, staging_dir: str, config: SinkConfig) -> dict:
+    """The shard itself when it has the output's schema, else a conformed rewrite of it."""
+    if _schema_of(shard).equals(schema):
+        return shard
+    path = FileSystems.join(staging_dir, shard["name"])
+    with FileSystems.open(path) as f:
+        reader = pa.ipc.open_file(pa.py_buffer(f.read()))
+        batches = [conform(reader.get_batch(i), schema) for i in range(reader.num_record_batches)]
+    entry = write_shard(batches, schema, path.replace(".arrow", "-conformed.arrow"), config)
+    FileSystems.delete([path])
+    return entry
 
 
 def read_output(directory: str, columns: Optional[list[str]] = None) -> pa.Table:
