@@ -38,11 +38,13 @@ def register(subparsers) -> None:
                    "(default: a proxy language model)")
     p.add_argument("--loss-field", help="sensitivity: per-document loss column read at the "
                    "representatives (default: a proxy LM scores them)")
-    p.add_argument("--clusters", type=int, default=100, help="sensitivity: k of k-means")
-    p.add_argument("--embedder", choices=("auto", "minilm", "hashed"), default="auto",
-                   help="sensitivity: document embeddings (auto: minilm when installed)")
-    p.add_argument("--lambda", dest="holder_lambda", type=float, default=1.0,
-                   help="sensitivity: weight of the distance term in v(x)")
+    p.add_argument("--clusters", type=int, help="sensitivity: k of k-means (default: --size)")
+    p.add_argument("--embedder", choices=("auto", "minilm", "hashed"),
+                   help="sensitivity: document embeddings (default hashed; auto: minilm when "
+                   "installed)")
+    p.add_argument("--lambda", dest="holder_lambda", type=holder_lambda, default="auto",
+                   help="sensitivity: weight of the distance term in v(x); a number or auto "
+                   "(default: estimated from the representatives' losses)")
     p.add_argument("--models", type=int, help="proxy models from different seeds")
     p.add_argument("--epochs", type=int, help="proxy classifier epochs")
     p.add_argument("--steps", type=int, help="proxy LM training steps")
@@ -53,6 +55,10 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="override any job value by dotted key, e.g. stages.0.el2n.proxy.context=64")
     p.set_defaults(func=_run)
+
+
+def holder_lambda(text: str):
+    return text if text == "auto" else float(text)
 
 
 def proxy_settings(args) -> dict:
@@ -69,8 +75,11 @@ def selection_stages(args) -> list[dict]:
             raise ConfigError("--method sensitivity needs --size (the number of draws m)")
         if args.label_field:
             raise ConfigError("--label-field is for --method el2n; sensitivity takes --loss-field")
-        stage = {"size": args.size, "clusters": args.clusters, "seed": args.seed,
-                 "holder_lambda": args.holder_lambda, "embedding": {"model": args.embedder}}
+        stage = {"size": args.size, "seed": args.seed, "holder_lambda": args.holder_lambda}
+        if args.clusters is not None:
+            stage["clusters"] = args.clusters
+        if args.embedder is not None:
+            stage["embedding"] = {"model": args.embedder}
         if args.loss_field:
             stage["loss_field"] = args.loss_field
         else:

@@ -30,7 +30,8 @@ from transforms.config import ConfigError, parse
 from transforms.documents import batch_from_rows, concat
 from transforms.el2n import El2n, El2nConfig
 from transforms.select import (NO_SCORE, NOT_SELECTED, BottomK, DrawFn, Select, SelectConfig,
-                               draw_plan, random_keys, sampling_values, batch_key)
+                               batch_key, draw_plan, random_keys, sampling_values, strata_of,
+                               stratum_masses)
 from transforms.sensitivity import (Sensitivity, SensitivityConfig, assign, fit_centres,
                                     nearest_members)
 
@@ -196,25 +197,32 @@ def test_bottom_k_is_the_same_whatever_the_merge_order():
     assert np.array_equal(forward[0], backward[0]) and np.array_equal(forward[1], backward[1])
 
 
-def test_weighted_draw_is_unbiased_and_exact_in_size():
-    """Multinomial over batches then within batches, weights count/(m p): E[sum w f] = sum f."""
+@pytest.mark.parametrize("strata", [None, "g"])
+def test_weighted_draw_is_unbiased_and_exact_in_size(strata):
+    """Strata by systematic allocation, then batches, then documents: E[sum w f] = sum f, and a
+    stratum gets floor or ceil of size * P(stratum) draws."""
     rng = np.random.default_rng(2)
-    rows = [{"id": f"d{i}", "source": "s", "v": float(v), "f": float(f)}
-            for i, (v, f) in enumerate(zip(rng.gamma(1.0, size=300), rng.gamma(2.0, size=300)))]
+    rows = [{"id": f"d{i}", "source": "s", "v": float(v), "f": float(f), "g": int(g)}
+            for i, (v, f, g) in enumerate(zip(rng.gamma(1.0, size=300), rng.gamma(2.0, size=300),
+                                              rng.integers(0, 7, 300)))]
     rows[7]["v"] = None  # no score: never drawn, dropped as no_score
     batches = batches_of(rows, 40)
     truth = sum(r["f"] for r in rows if r["v"] is not None)
+    share = {g: sum(r["v"] or 0 for r in rows if r["g"] == g) / sum(r["v"] or 0 for r in rows)
+             for g in range(7)}
     estimates = []
     for seed in range(120):
-        plan = draw_plan([(batch_key(b), float(sampling_values(b, "v").sum())) for b in batches],
-                         25, seed)
-        fn = DrawFn("select", "v", 25, seed)
+        plan = draw_plan([m for b in batches for m in stratum_masses(
+            batch_key(b), sampling_values(b, "v"), strata_of(b, strata))], 25, seed)
+        fn = DrawFn("select", "v", 25, seed, strata)
         kept = [out for b in batches for out in fn.process(b, plan)
                 if isinstance(out, pa.RecordBatch)]
-        table = concat(kept)
-        assert sum(table.column("selection_count").to_pylist()) == 25
-        estimates.append(sum(w * f for w, f in zip(table.column("selection_weight").to_pylist(),
-                                                    table.column("f").to_pylist())))
+        table = concat(kept).to_pandas()
+        assert table["selection_count"].sum() == 25
+        if strata:
+            drawn = table.groupby("g")["selection_count"].sum()
+            assert all(abs(drawn.get(g, 0) - 25 * share[g]) < 1 for g in range(7))
+        estimates.append((table["selection_weight"] * table["f"]).sum())
     assert abs(np.mean(estimates) - truth) < 3 * np.std(estimates) / math.sqrt(len(estimates))
 
 
@@ -300,11 +308,14 @@ def test_sensitivity_sample_weights_follow_the_formula(wiki_sample):
     # the k representatives: one per cluster, each the member nearest its centre, all kept
     reps = out[out["selection_representative"]]
     assert len(reps) == config.clusters == reps["kmeans_cluster"].nunique()
-    # v(x) = l(r_a(x)) + lambda d^2, p = v / sum v over the whole corpus, w = count / (m p)
+    # v(x) = l(r_a(x)) + lambda d^2 with one lambda (auto: > 0, estimated from the
+    # representatives), p = v / sum v over the whole corpus, w = count / (m p)
     rep_loss = dict(zip(reps["kmeans_cluster"], reps["loss"]))
-    expected_v = out["kmeans_cluster"].map(rep_loss) + config.holder_lambda * out[
-        "kmeans_distance"].astype(float) ** 2
-    assert np.allclose(out["sensitivity_value"], expected_v, rtol=1e-5)
+    distance_term = out["sensitivity_value"] - out["kmeans_cluster"].map(rep_loss)
+    far = out["kmeans_distance"] > 0.1
+    holder_lambda = (distance_term[far] / out.loc[far, "kmeans_distance"].astype(float) ** 2)
+    assert config.holder_lambda == "auto" and 0 < holder_lambda.mean() < 10
+    assert np.allclose(holder_lambda, holder_lambda.mean(), rtol=1e-3)
     total = out["sensitivity_value"].iloc[0] / out["selection_probability"].iloc[0]
     assert np.allclose(out["selection_probability"], out["sensitivity_value"] / total)
     drawn = out[out["selection_count"] > 0]

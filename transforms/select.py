@@ -112,19 +112,67 @@ class BottomK(beam.CombineFn):
 
 # --- weighted sampling ----------------------------------------------------------------------
 
-def draw_plan(masses: list[tuple[int, float]], size: int, seed: int) -> dict:
-    """How many of the `size` i.i.d. draws fall in each batch: one multinomial over batch masses.
+def stratum_masses(key: int, values: np.ndarray, strata: np.ndarray) -> list[tuple]:
+    """`(batch key, stratum, sum of values, documents)` for each stratum present in one batch."""
+    present, inverse = np.unique(strata, return_inverse=True)
+    mass = np.bincount(inverse, values, len(present))
+    documents = np.bincount(inverse, minlength=len(present))
+    return [(key, int(s), float(v), int(n)) for s, v, n in zip(present, mass, documents)]
 
-    Drawing per batch first and then within the batch (`DrawFn`) is exactly a multinomial draw of
-    `size` documents with `p(x) = v(x) / sum v`.
+
+def systematic_allocation(masses: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws per stratum: `size` equally spaced points with one random offset over the cumulative
+    masses, so stratum j gets floor or ceil of `size * P_j` draws and exactly `size * P_j` on
+    average (systematic PPS sampling, Madow 1949)."""
+    cumulative = np.concatenate([[0.0], np.cumsum(masses)]) * (size / masses.sum())
+    cumulative[-1] = size
+    return np.diff(np.searchsorted(rng.random() + np.arange(size), cumulative))
+
+
+def draw_plan(masses: list[tuple], size: int, seed: int) -> dict:
+    """How many of the `size` draws fall in each (batch, stratum), from `stratum_masses` rows.
+
+    Draws are spread over strata by `systematic_allocation` (strata in order of their mean value,
+    so similar strata are neighbours), then a stratum's draws over its batches by a multinomial on
+    the batch masses, then (`draw_in_batch`) over its documents by a multinomial on the values.
+    Every document x is therefore drawn `size * p(x)` times on average, `p(x) = v(x) / sum v`, as
+    in i.i.d. sampling, but no stratum gets more or fewer draws than its mass calls for. With one
+    stratum this is exactly `size` i.i.d. draws with probability `p(x)`.
     """
-    keys = np.array([k for k, _ in masses], dtype=np.uint64)
-    weights = np.array([m for _, m in masses], dtype=np.float64)
-    total = float(weights.sum())
-    if total <= 0 or not len(keys):
+    rows = [r for r in masses if r[2] > 0]
+    total = float(sum(r[2] for r in rows))
+    if total <= 0:
         return {"total": total, "counts": {}}
-    counts = np.random.default_rng([seed, 0]).multinomial(size, weights / total)
-    return {"total": total, "counts": {int(k): int(c) for k, c in zip(keys, counts) if c}}
+    by_stratum: dict[int, list] = {}
+    for row in sorted(rows):
+        by_stratum.setdefault(row[1], []).append(row)
+    strata = sorted(by_stratum)
+    mass = np.array([sum(r[2] for r in by_stratum[s]) for s in strata])
+    documents = np.array([sum(r[3] for r in by_stratum[s]) for s in strata])
+    order = np.lexsort((strata, mass / documents))
+    rng = np.random.default_rng([seed, 0])
+    allocated = np.zeros(len(strata), dtype=np.int64)
+    allocated[order] = systematic_allocation(mass[order], size, rng)
+    counts = {}
+    for stratum, stratum_mass, draws in zip(strata, mass, allocated):
+        if draws:
+            parts = by_stratum[stratum]
+            split = rng.multinomial(draws, np.array([r[2] for r in parts]) / stratum_mass)
+            counts.update({(r[0], stratum): int(c) for r, c in zip(parts, split) if c})
+    return {"total": total, "counts": counts}
+
+
+def draw_in_batch(values: np.ndarray, strata: np.ndarray, key: int, plan: dict,
+                  seed: int) -> np.ndarray:
+    """This batch's share of the plan: per stratum a multinomial over its documents by value."""
+    counts = np.zeros(len(values), dtype=np.int64)
+    rng = np.random.default_rng([seed, key, 1])
+    for stratum in np.unique(strata):
+        draws = plan["counts"].get((key, int(stratum)), 0)
+        if draws:
+            rows = np.flatnonzero(strata == stratum)
+            counts[rows] = rng.multinomial(draws, values[rows] / values[rows].sum())
+    return counts
 
 
 def sampling_values(batch: pa.RecordBatch, column: str) -> np.ndarray:
@@ -132,24 +180,29 @@ def sampling_values(batch: pa.RecordBatch, column: str) -> np.ndarray:
     return np.where(np.isfinite(values) & (values > 0), values, 0.0)
 
 
+def strata_of(batch: pa.RecordBatch, column: Optional[str]) -> np.ndarray:
+    """Stratum of each row: the `column` (e.g. a k-means cluster), or 0 for all."""
+    if column is None:
+        return np.zeros(batch.num_rows, dtype=np.int64)
+    return batch.column(column).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 class DrawFn(beam.DoFn):
     """Draw this batch's share of the sample; unselected documents are dropped (not_selected)."""
 
-    def __init__(self, stage: str, value_column: str, size: int, seed: int):
+    def __init__(self, stage: str, value_column: str, size: int, seed: int,
+                 stratum_column: Optional[str] = None):
         self.stage = stage
         self.value_column = value_column
         self.size = size
         self.seed = seed
+        self.stratum_column = stratum_column
 
     def process(self, batch, plan, forced_ids=()):
         raw = float_column(batch, self.value_column)
         values = sampling_values(batch, self.value_column)
-        key = batch_key(batch)
-        draws = plan["counts"].get(key, 0)
-        counts = np.zeros(batch.num_rows, dtype=np.int64)
-        if draws:
-            rng = np.random.default_rng([self.seed, key, 1])
-            counts = rng.multinomial(draws, values / values.sum())
+        counts = draw_in_batch(values, strata_of(batch, self.stratum_column), batch_key(batch),
+                               plan, self.seed)
         total = plan["total"]
         probability = values / total if total > 0 else np.zeros(batch.num_rows)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -171,30 +224,33 @@ class DrawFn(beam.DoFn):
 
 
 class WeightedSample(beam.PTransform):
-    """(documents, rejects): `size` i.i.d. draws with probability proportional to `value_column`,
-    weights in `selection_weight`. `forced_ids` (a singleton PCollection of a set of ids) are kept
-    even when not drawn, with weight 0 unless drawn, so `sum w f` stays an unbiased estimate."""
+    """(documents, rejects): `size` draws with probability proportional to `value_column`,
+    weights in `selection_weight`; balanced over the strata of `stratum_column` when given (see
+    `draw_plan`). `forced_ids` (a singleton PCollection of a set of ids) are kept even when not
+    drawn, with weight 0 unless drawn, so `sum w f` stays an unbiased estimate."""
 
     def __init__(self, stage: str, value_column: str, size: int, seed: int,
-                 forced_ids: Optional[beam.PCollection] = None):
+                 forced_ids: Optional[beam.PCollection] = None,
+                 stratum_column: Optional[str] = None):
         super().__init__()
         self.stage = stage
         self.value_column = value_column
         self.size = size
         self.seed = seed
         self.forced_ids = forced_ids
+        self.stratum_column = stratum_column
 
     def expand(self, batches):
-        column, size, seed = self.value_column, self.size, self.seed
+        column, strata, size, seed = self.value_column, self.stratum_column, self.size, self.seed
         plan = (batches
-                | "BatchMass" >> beam.Map(lambda b: (batch_key(b),
-                                                     float(sampling_values(b, column).sum())))
+                | "StratumMass" >> beam.FlatMap(lambda b: stratum_masses(
+                    batch_key(b), sampling_values(b, column), strata_of(b, strata)))
                 | "CollectMasses" >> beam.combiners.ToList()
                 | "DrawPlan" >> beam.Map(draw_plan, size, seed))
         side = [beam.pvalue.AsSingleton(plan)]
         if self.forced_ids is not None:
             side.append(beam.pvalue.AsSingleton(self.forced_ids))
-        out = batches | "Draw" >> beam.ParDo(DrawFn(self.stage, column, size, seed), *side
+        out = batches | "Draw" >> beam.ParDo(DrawFn(self.stage, column, size, seed, strata), *side
                                              ).with_outputs(REJECTS, main="documents")
         return out.documents, out[REJECTS]
 

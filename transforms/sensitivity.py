@@ -22,7 +22,7 @@ dropped as `not_selected`.
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import apache_beam as beam
 import numpy as np
@@ -59,6 +59,21 @@ def assign(embeddings: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.
     nearest = ((means ** 2).sum(1)[None, :] - 2 * points @ means.T).argmin(1)
     distance = np.linalg.norm(points - means[nearest], axis=1)
     return nearest.astype(np.int32), distance.astype(np.float32)
+
+
+def holder_constant(representative_loss: np.ndarray, centres: np.ndarray, power: float) -> float:
+    """Data-driven lambda: `sum |l(r_i) - l(r_j)| / sum ||c_i - c_j||^z` over all pairs of
+    clusters, the Holder ratio of the k losses already computed (no extra model calls), so that
+    `lambda d^z` is on the scale of how much the loss moves with the embedding."""
+    finite = np.isfinite(representative_loss)
+    loss, points = representative_loss[finite], centres[finite].astype(np.float64)
+    if len(loss) < 2:
+        return 0.0
+    spread = np.abs(loss[:, None] - loss[None, :]).sum()
+    squared = np.maximum((points ** 2).sum(1)[:, None] + (points ** 2).sum(1)[None, :]
+                         - 2 * points @ points.T, 0.0)
+    scale = (squared ** (power / 2)).sum()
+    return float(spread / scale) if scale > 0 else 0.0
 
 
 def sensitivity_values(representative_loss: np.ndarray, distance: np.ndarray,
@@ -138,9 +153,10 @@ class Representatives(beam.CombineFn):
         return accumulator
 
 
-def representative_losses(members: dict, model: Optional[bytes], config: "SensitivityConfig"
-                          ) -> dict:
-    """{"loss": {cluster: l(r_j)}, "ids": set of representative ids, "fallback": mean loss}.
+def representative_losses(members: dict, model: Optional[bytes], centres: np.ndarray,
+                          config: "SensitivityConfig") -> dict:
+    """{"loss": {cluster: l(r_j)}, "ids": set of representative ids, "fallback": mean loss,
+    "holder_lambda": lambda (the configured one, or `holder_constant` for "auto")}.
 
     Without `loss_field` the proxy scores the k representatives: k model calls in all.
     """
@@ -156,8 +172,13 @@ def representative_losses(members: dict, model: Optional[bytes], config: "Sensit
     losses = [loss if np.isfinite(loss) else np.nan for loss in losses]
     finite = [loss for loss in losses if np.isfinite(loss)]
     count("sensitivity.representatives", len(clusters))
+    holder_lambda = config.holder_lambda
+    if holder_lambda == "auto":
+        holder_lambda = holder_constant(np.array(losses, dtype=np.float64), centres[clusters],
+                                        config.power)
     return {"loss": dict(zip(clusters, losses)), "ids": {members[c][1] for c in clusters},
-            "fallback": float(np.mean(finite)) if finite else 0.0}
+            "fallback": float(np.mean(finite)) if finite else 0.0,
+            "holder_lambda": holder_lambda}
 
 
 def add_values(batch: pa.RecordBatch, representatives: dict, config: "SensitivityConfig"):
@@ -168,25 +189,27 @@ def add_values(batch: pa.RecordBatch, representatives: dict, config: "Sensitivit
     rep_loss = np.array([table.get(int(c), fallback) for c in cluster], dtype=np.float64)
     rep_loss = np.where(np.isfinite(rep_loss), rep_loss, fallback)
     values = sensitivity_values(rep_loss, batch.column(DISTANCE).to_numpy(),
-                                config.holder_lambda, config.power)
+                                representatives["holder_lambda"], config.power)
     return with_column(batch, VALUE, pa.array(values))
 
 
 @config_dataclass
 class SensitivityConfig:
-    size: int                               # m: i.i.d. draws
-    clusters: int = 100                     # k
+    size: int                               # m: draws
+    clusters: Optional[int] = None          # k; default: k = size (see docs/selection.md)
     loss_field: Optional[str] = None        # loss column (e.g. el2n, proxy_loss); else proxy LM
     proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig(models=1))
     proxy_loss: Literal["lm_loss", "el2n"] = "lm_loss"
-    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
-    holder_lambda: float = 1.0              # lambda: weight of the distance term
+    embedding: EmbeddingConfig = field(default_factory=lambda: EmbeddingConfig(model="hashed"))
+    holder_lambda: Union[float, Literal["auto"]] = "auto"  # lambda; auto: holder_constant
     power: float = 2.0                      # z: 2 for k-means
     kmeans_sample: int = 100_000            # embeddings sampled to fit the centres
     add_representatives: bool = True
     seed: int = 0
 
     def __post_init__(self):
+        if self.clusters is None:
+            self.clusters = self.size
         if self.size < 1 or self.clusters < 1:
             raise ValueError("size and clusters must be >= 1")
         if self.proxy.label_field is not None:
@@ -212,9 +235,10 @@ class Sensitivity(Stage):
         model = (None if c.loss_field else
                  beam.pvalue.AsSingleton(documents | "TrainProxy" >> TrainProxy(c.proxy)))
         representatives = members | "RepresentativeLoss" >> beam.Map(
-            representative_losses, model, c)
+            representative_losses, model, beam.pvalue.AsSingleton(centres), c)
         valued = assigned | "Value" >> beam.Map(add_values,
                                                 beam.pvalue.AsSingleton(representatives), c)
         forced = (representatives | "RepresentativeIds" >> beam.Map(lambda r: r["ids"])
                   if c.add_representatives else None)
-        return valued | "Sample" >> WeightedSample("sensitivity", VALUE, c.size, c.seed, forced)
+        return valued | "Sample" >> WeightedSample("sensitivity", VALUE, c.size, c.seed, forced,
+                                                   stratum_column=CLUSTER)
