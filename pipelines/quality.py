@@ -19,7 +19,7 @@ from transforms.perplexity import LineTokenizer
 
 def read_records(paths: list[str]) -> Iterator[dict]:
     """Records of every file the globs match, in any input format; unreadable ones skipped."""
-    for _, path in expand_inputs([InputSpec(path=p) for p in paths]):
+    for _, path, _ in expand_inputs([InputSpec(path=p) for p in paths]):
         for record in READERS[detect_format(path)](path):
             if not isinstance(record, Failure):
                 yield record

@@ -64,6 +64,22 @@ def test_jsonl_bad_records_are_dead_lettered_with_reasons(tmp_path, suffix, comp
     assert latin1["payload"] == MALFORMED_LINES[2]  # the raw bytes, for audit
 
 
+@pytest.mark.parametrize("split_bytes", [1, 7, 64, 10_000])
+def test_plain_jsonl_read_in_byte_ranges_gives_every_record_once(tmp_path, split_bytes):
+    """Ranges split lines anywhere (1 byte: every line start is a boundary); each record is read
+    by the range its first byte falls in, bad lines included."""
+    path = tmp_path / "big.jsonl"
+    lines = MALFORMED_LINES + [json.dumps({"id": f"r{i}", "text": f"row {i}"}).encode()
+                               for i in range(40)]
+    path.write_bytes(b"\n".join(lines))  # no newline at the end
+    docs, rejects = read([InputSpec(path=str(path), source="web")],
+                         IngestConfig(max_chars=1000, split_bytes=split_bytes))
+    whole, whole_rejects = read([InputSpec(path=str(path), source="web")])
+    text_and_source = lambda d: {k: (v["text"], v["source"]) for k, v in d.items()}  # noqa: E731
+    assert text_and_source(docs) == text_and_source(whole) and len(docs) == 42
+    assert sorted(map(str, rejects)) == sorted(map(str, whole_rejects))
+
+
 def test_parquet_and_arrow_file_and_stream(tmp_path):
     table = pa.table({"doc_id": ["p1", "p2", "p3"], "content": ["first text", None, "third text"],
                       "score": [0.5, 0.1, 0.9]})

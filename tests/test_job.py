@@ -153,7 +153,7 @@ def test_dataflow_job_builds_offline(monkeypatch):
     data["input"] = [dict(spec, path="gs://sluice-bucket/in/" + os.path.basename(spec["path"]),
                           format="jsonl") for spec in data["input"]]
     # gs:// cannot be listed offline: take each glob as one file of that name.
-    monkeypatch.setattr(ingest, "expand_inputs", lambda specs: [(i, s.path) for i, s in enumerate(specs)])
+    monkeypatch.setattr(ingest, "expand_inputs", lambda specs: [(i, s.path, 0) for i, s in enumerate(specs)])
     args = ["--runner=DataflowRunner", "--dry_run=True", "--no_auth", "--sdk_location=container",
             "--project=sluice-project", "--region=us-central1",
             "--temp_location=gs://sluice-bucket/tmp"]

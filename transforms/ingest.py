@@ -45,6 +45,7 @@ class InputSpec:
 @config_dataclass
 class IngestConfig:
     batch_size: int = 1000
+    split_bytes: int = 64 * 2**20  # plain JSONL files are read in ranges of this size, in parallel
     max_chars: int = 1_000_000
     payload_limit: int = 65536
 
@@ -86,15 +87,33 @@ def source_from_path(path: str) -> str:
     return name.split(".", 1)[0] or name
 
 
-def expand_inputs(specs: list[InputSpec]) -> list[tuple[int, str]]:
-    """(input index, file path) for every file the input globs match; an empty glob is an error."""
+def expand_inputs(specs: list[InputSpec]) -> list[tuple[int, str, int]]:
+    """(input index, file path, size in bytes) for every file the input globs match; an empty
+    glob is an error."""
     files = []
     for index, spec in enumerate(specs):
         matches = FileSystems.match([spec.path])[0].metadata_list
         if not matches:
             raise ConfigError(f"input '{spec.path}' matched no files")
-        files += [(index, m.path) for m in sorted(matches, key=lambda m: m.path)]
+        files += [(index, m.path, m.size_in_bytes) for m in sorted(matches, key=lambda m: m.path)]
     return files
+
+
+def read_ranges(files: list[tuple[int, str, int]], specs: list[InputSpec],
+                split_bytes: int) -> list[tuple[int, str, int, Optional[int]]]:
+    """(input index, path, start, end) work items: plain JSONL files larger than `split_bytes`
+    become byte ranges read by different workers (`read_jsonl`); other files are read whole
+    (end None). Splitting the reading, rather than shuffling the documents read, spreads a big
+    file over the workers without the runner holding the corpus."""
+    items = []
+    for index, path, size in files:
+        fmt = specs[index].format if specs[index].format != "auto" else detect_format(path)
+        if fmt == "jsonl" and size > split_bytes and not path.lower().endswith(_COMPRESSION_SUFFIXES):
+            items += [(index, path, start, min(start + split_bytes, size))
+                      for start in range(0, size, split_bytes)]
+        else:
+            items.append((index, path, 0, None))
+    return items
 
 
 # --- raw record readers: path -> dicts or Failures ----------------------------------------------
@@ -112,9 +131,16 @@ def _open_decompressed(path: str):
     return raw
 
 
-def read_jsonl(path: str) -> Iterator[dict | Failure]:
+def read_jsonl(path: str, start: int = 0, end: Optional[int] = None) -> Iterator[dict | Failure]:
+    """Records of a JSONL file, or of the lines that start in [start, end) of a plain one."""
     with _open_decompressed(path) as f:
-        for line in f:
+        if start:
+            f.seek(start - 1)
+            f.readline()  # the rest of the line that began before `start` belongs to that range
+        while end is None or f.tell() < end:
+            line = f.readline()
+            if not line:
+                break
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue
@@ -245,14 +271,14 @@ class ReadFileFn(beam.DoFn):
         self.progress = Progress("ingest")
 
     def process(self, element):
-        index, path = element
+        index, path, start, end = element
         spec = self.specs[index]
         fmt = spec.format if spec.format != "auto" else detect_format(path)
         default_source = source_from_path(path)
         rejects = Rejects("ingest", self.config.payload_limit)
         docs: list[dict] = []
         read = 0  # records read, counted as input once per batch rather than per record
-        records = READERS[fmt](path)
+        records = read_jsonl(path, start, end) if end is not None else READERS[fmt](path)
         while True:
             try:
                 record = next(records)
@@ -299,14 +325,11 @@ class ReadDocuments(beam.PTransform):
         self.config = config
 
     def expand(self, pbegin):
-        files = expand_inputs(self.specs)
-        for index, path in files:
-            if self.specs[index].format == "auto":
-                detect_format(path)  # fail at construction, not on a worker
+        # detect_format fails here, at construction, rather than on a worker
+        items = read_ranges(expand_inputs(self.specs), self.specs, self.config.split_bytes)
         read = (pbegin
-                | "ListFiles" >> beam.Create(files)
+                | "ListFiles" >> beam.Create(items)
                 | "SpreadFiles" >> beam.Reshuffle()
                 | "ReadFiles" >> beam.ParDo(ReadFileFn(self.specs, self.config))
                 .with_outputs(REJECTS, main="documents"))
-        documents = read.documents | "SpreadBatches" >> beam.Reshuffle()
-        return documents, read[REJECTS]
+        return read.documents, read[REJECTS]
