@@ -1,15 +1,16 @@
 """Selection benchmark on real text (Wikipedia revisions + DCLM pages, ../shared/data).
 
-1. Estimator error: the corpus mean of a proxy LM's per-document loss, estimated from a weighted
-   sensitivity sample (Axiotis et al. 2024: `sum_S w l / N`) vs the mean of a uniform sample of the
-   same size m (baseline), and of m + k (the same number of loss evaluations, since sensitivity
-   sampling also scores the k representatives); mean absolute error over 20 seeds, and ratios.
+1. Estimator error: the corpus mean of a proxy LM's per-document loss, estimated from the stage's
+   sample at its DEFAULT settings (k = m clusters, lambda auto, draws balanced over clusters;
+   Axiotis et al. 2024: `sum_S w l / N`) vs the mean of a uniform sample of the same size m
+   (baseline), and of m + k = 2m (the same number of loss evaluations); RMSE over 20 seeds
+   (clusters fitted once per m), ratios sensitivity / uniform, plus the spec's plain i.i.d. draw.
 2. EL2N agreement across seeds (Paul et al. 2021): Spearman correlation between the scores of
    proxies trained from disjoint seed sets, for one model and for an average of several.
 3. Time per 10k documents of whole `sluice` jobs (ingest -> stage -> shards) vs the same job
    with no stage (baseline, same run). The machine is shared: compare the ratios, not the seconds.
 
-    python bench/selection.py [--sizes 25,50,100,200,400] [--clusters 50] [--embedder hashed]
+    python bench/selection.py [--sizes 25,50,100,200,400] [--embedder hashed]
 """
 from __future__ import annotations
 
@@ -30,8 +31,7 @@ os.environ.setdefault("SLUICE_QUIET", "1")
 from classifiers.embeddings import EmbeddingConfig, load_embedder  # noqa: E402
 from classifiers.proxy import ProxyConfig, train_proxy  # noqa: E402
 from pipelines.job import run_job  # noqa: E402
-from transforms.sensitivity import (assign, fit_centres, nearest_members,  # noqa: E402
-                                    sensitivity_values)
+from transforms.sensitivity import draw_in_memory, values_in_memory  # noqa: E402
 
 SHARED = Path(os.environ.get("SLUICE_SHARED_DATA",
                              Path(__file__).resolve().parent.parent.parent / "shared" / "data"))
@@ -56,29 +56,25 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def estimator_errors(loss, cluster, distance, sizes, seeds, holder_lambda):
-    """Mean absolute error of the sensitivity and uniform estimates of mean(loss), per size."""
-    representatives = nearest_members(cluster, distance, np.ones(len(loss), dtype=bool))
-    rep_loss = np.zeros(cluster.max() + 1)
-    for c, row in representatives.items():
-        rep_loss[c] = loss[row]
-    values = sensitivity_values(rep_loss[cluster], distance, holder_lambda, 2.0)
-    probability = values / values.sum()
-    k, n, truth = len(representatives), len(loss), loss.mean()
+def estimator_errors(loss, embeddings, sizes, seeds):
+    """RMSE over `seeds` draws of the stage's default estimate of mean(loss) (k = m clusters,
+    lambda auto, draws balanced over clusters) vs uniform samples of m and of m + k documents."""
+    n, truth = len(loss), loss.mean()
     rows = []
     for m in sizes:
-        errors = {"sensitivity": [], "uniform": [], "uniform_m_plus_k": []}
+        cluster, values = values_in_memory(embeddings, loss, m)
+        probability = values / values.sum()
+        errors = {"sensitivity": [], "iid": [], "uniform": [], "uniform_m_plus_k": []}
         for seed in range(seeds):
-            rng = np.random.default_rng(seed)
-            counts = rng.multinomial(m, probability)
-            drawn = counts > 0
-            estimate = (counts[drawn] / (m * probability[drawn]) * loss[drawn]).sum() / n
-            errors["sensitivity"].append(abs(estimate - truth))
-            errors["uniform"].append(abs(loss[rng.choice(n, m, replace=False)].mean() - truth))
+            rng = np.random.default_rng([seed, 99])
+            for name, strata in (("sensitivity", cluster), ("iid", np.zeros_like(cluster))):
+                counts = draw_in_memory(values, strata, m, seed)
+                errors[name].append((counts * loss / (m * probability)).sum() / n - truth)
+            errors["uniform"].append(loss[rng.choice(n, m, replace=False)].mean() - truth)
             errors["uniform_m_plus_k"].append(
-                abs(loss[rng.choice(n, min(n, m + k), replace=False)].mean() - truth))
-        rows.append((m, {name: float(np.mean(e)) for name, e in errors.items()}))
-    return k, truth, rows
+                loss[rng.choice(n, min(n, 2 * m), replace=False)].mean() - truth)
+        rows.append((m, {name: float(np.sqrt(np.mean(np.square(e)))) for name, e in errors.items()}))
+    return truth, rows
 
 
 def seed_agreement(texts, labels, config: dict, models: int) -> float:
@@ -100,8 +96,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="50,100,200,400")
     parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--clusters", default="50,400", help="k values, comma-separated")
-    parser.add_argument("--lambda", dest="holder_lambda", type=float, default=1.0)
     parser.add_argument("--embedder", choices=("hashed", "minilm"), default="hashed")
     parser.add_argument("--skip-jobs", action="store_true", help="skip the Beam job timings")
     args = parser.parse_args(argv)
@@ -123,30 +117,16 @@ def main(argv=None) -> int:
     embeddings, embed_s = timed(embedder.embed, texts)
     print(f"embeddings: {args.embedder} {embeddings.shape[1]}-d, {embed_s / n * 1e4:.0f}s per 10k "
           f"docs", flush=True)
-    for clusters in [int(k) for k in args.clusters.split(",")]:
-        centres = fit_centres(embeddings, clusters, 0)
-        cluster, distance = assign(embeddings, centres)
-        k, truth, table = estimator_errors(loss, cluster, distance, sizes, args.seeds,
-                                           args.holder_lambda)
-        reps = nearest_members(cluster, distance, np.ones(n, dtype=bool))
-        rep_loss = np.array([loss[reps[c]] for c in cluster])
-        print(f"\n1. estimating the corpus mean loss {truth:.4f} nats/byte; k={k}, lambda="
-              f"{args.holder_lambda}; corr(l(x), l(r_a(x))) = {np.corrcoef(loss, rep_loss)[0, 1]:.2f};"
-              f" mean |error| over {args.seeds} seeds")
-        print(f"{'m':>6} {'sensitivity':>12} {'uniform(m)':>11} {'ratio':>7} "
-              f"{'uniform(m+k)':>13} {'ratio':>7}")
-        for m, errors in table:
-            s, u, uk = errors["sensitivity"], errors["uniform"], errors["uniform_m_plus_k"]
-            print(f"{m:>6} {s:>12.5f} {u:>11.5f} {u / s:>6.2f}x {uk:>13.5f} {uk / s:>6.2f}x")
-        middle = sizes[len(sizes) // 2]
-        sweep = []
-        for holder_lambda in (0.0, 0.1, 1.0, 4.0):
-            errors = estimator_errors(loss, cluster, distance, [middle], args.seeds,
-                                      holder_lambda)[2][0][1]
-            sweep.append(f"{holder_lambda}: {errors['uniform'] / errors['sensitivity']:.2f}x")
-        print(f"   lambda sweep at m={middle} (uniform(m) error / sensitivity error): "
-              + ", ".join(sweep), flush=True)
-    print("   (ratio > 1: the sensitivity estimate is that many times more accurate)")
+    truth, table = estimator_errors(loss, embeddings, sizes, args.seeds)
+    print(f"\n1. estimating the corpus mean loss {truth:.4f} nats/byte at the stage defaults "
+          f"(k = m, lambda auto, balanced draws); RMSE over {args.seeds} seeds; "
+          f"ratio = sensitivity / uniform (< 1: sensitivity better)")
+    print(f"{'m':>6} {'sensitivity':>12} {'iid draw':>9} {'uniform(m)':>11} {'ratio':>6} "
+          f"{'uniform(m+k)':>13} {'equal-cost ratio':>17}")
+    for m, e in table:
+        print(f"{m:>6} {e['sensitivity']:>12.5f} {e['iid']:>9.5f} {e['uniform']:>11.5f} "
+              f"{e['sensitivity'] / e['uniform']:>6.2f} {e['uniform_m_plus_k']:>13.5f} "
+              f"{e['sensitivity'] / e['uniform_m_plus_k']:>17.2f}", flush=True)
 
     # 2. EL2N seed agreement
     labelled = [r for r in rows if r["source"] == "dclm"]
@@ -174,8 +154,7 @@ def main(argv=None) -> int:
             "el2n, byte LM (2 models)": [{"el2n": {"proxy": {"models": 2, "threads": 1}}}],
             "el2n, classifier (4 models)": [{"el2n": {"proxy": {"label_field": "label"}}}],
             "sensitivity, hashed, --loss-field": [{"sensitivity": {
-                "size": 200, "clusters": 50, "loss_field": "proxy_loss",
-                "embedding": {"model": "hashed"}}}],
+                "size": 200, "loss_field": "proxy_loss"}}],
         }
         print(f"\n3. whole jobs on {n} docs, 2 worker processes (FnApiRunner)")
         baseline = None

@@ -36,7 +36,8 @@ from transforms.config import config_dataclass
 from transforms.documents import ID, TEXT, with_column
 from transforms.el2n import TrainProxy
 from transforms.progress import Progress
-from transforms.select import BottomK, WeightedSample, float_column, random_keys
+from transforms.select import (BottomK, WeightedSample, draw_in_batch, draw_plan, float_column,
+                              random_keys, stratum_masses)
 from transforms.stage import Stage
 
 CLUSTER, DISTANCE, VALUE = "kmeans_cluster", "kmeans_distance", "sensitivity_value"
@@ -89,6 +90,28 @@ def nearest_members(cluster: np.ndarray, distance: np.ndarray,
     order = rows[np.lexsort((distance[rows], cluster[rows]))]
     clusters, first = np.unique(cluster[order], return_index=True)
     return {int(c): int(order[i]) for c, i in zip(clusters, first)}
+
+
+def values_in_memory(embeddings: np.ndarray, loss: np.ndarray, clusters: int,
+                     holder_lambda="auto", power: float = 2.0,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster, v(x)) for a corpus held in memory, through the same functions as the Beam stage
+    (steps 1-4, one batch): for benchmarks and tests."""
+    centres = fit_centres(embeddings, clusters, seed)
+    cluster, distance = assign(embeddings, centres)
+    members = nearest_members(cluster, distance, np.isfinite(loss))
+    representative_loss = np.full(len(centres), np.nan)
+    for c, row in members.items():
+        representative_loss[c] = loss[row]
+    if holder_lambda == "auto":
+        holder_lambda = holder_constant(representative_loss, centres, power)
+    return cluster, sensitivity_values(representative_loss[cluster], distance, holder_lambda, power)
+
+
+def draw_in_memory(values: np.ndarray, strata: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Draw counts of the stage's step 5 (one batch); `strata` all equal: the i.i.d. draw."""
+    return draw_in_batch(values, strata, 0, draw_plan(stratum_masses(0, values, strata), size,
+                                                      seed), seed)
 
 
 # --- Beam steps -----------------------------------------------------------------------------
