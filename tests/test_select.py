@@ -11,6 +11,7 @@ import math
 import os
 import tempfile
 import uuid
+import zlib
 from pathlib import Path
 
 import apache_beam as beam
@@ -32,8 +33,8 @@ from transforms.el2n import El2n, El2nConfig
 from transforms.select import (NO_SCORE, NOT_SELECTED, BottomK, DrawFn, Select, SelectConfig,
                                batch_key, draw_plan, random_keys, sampling_values, strata_of,
                                stratum_masses)
-from transforms.sensitivity import (Sensitivity, SensitivityConfig, assign, fit_centres,
-                                    nearest_members)
+from transforms.sensitivity import (Sensitivity, SensitivityConfig, assign, draw_in_memory,
+                                    fit_centres, nearest_members, values_in_memory)
 
 TINY_LM = {"models": 2, "steps": 30, "context": 64, "width": 16, "heads": 2, "max_tokens": 256,
            "threads": 1}
@@ -400,3 +401,22 @@ def test_select_command_rejects_bad_combinations(tmp_path, capsys):
     assert "--size" in capsys.readouterr().err
     assert main(["select", "x.jsonl", "--method", "perplexity", "--label-field", "label",
                  "--output", str(tmp_path)]) == 2
+
+
+def test_default_sensitivity_estimate_beats_uniform_sampling(shared_data):
+    """At the stage defaults (k = m, lambda auto, balanced draws) the weighted estimate of a real
+    per-document loss (zlib code length per byte of the first 512 bytes of Wikipedia revisions)
+    has a lower RMSE than a uniform sample of the same size (exact, without replacement)."""
+    texts = [r["text"][:512].encode() for r in wiki_rows(shared_data, 60)]
+    loss = np.array([8 * len(zlib.compress(t)) / len(t) for t in texts])
+    defaults = parse(SensitivityConfig, {"size": 1})
+    embeddings = load_embedder(defaults.embedding).embed([t.decode() for t in texts])
+    n = len(loss)
+    for size in (20, 40):
+        cluster, values = values_in_memory(embeddings, loss, size, defaults.holder_lambda,
+                                           defaults.power)
+        probability = values / values.sum()
+        errors = [(draw_in_memory(values, cluster, size, seed) * loss / (size * probability)
+                   ).sum() / n - loss.mean() for seed in range(300)]
+        uniform = math.sqrt(loss.var(ddof=1) / size * (n - size) / (n - 1))
+        assert math.sqrt(np.mean(np.square(errors))) < 0.9 * uniform
