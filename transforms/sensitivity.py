@@ -9,7 +9,8 @@ Axiotis et al. 2024, "Data-Efficient Learning via Clustering-Based Sensitivity S
    only the k representatives need a loss `l(r_j)`: the `loss_field` column, or a small proxy LM
    trained in the job (mean token cross-entropy, or its EL2N);
 4. `v(x) = l(r_a(x)) + lambda ||e(x) - c_a(x)||^z`;
-5. `size` documents drawn i.i.d. with `p(x) = v(x) / sum v`, each with weight
+5. `size` documents drawn with `p(x) = v(x) / sum v` (balanced over the clusters: each gets
+   the floor or ceiling of its share of draws, see `transforms.select`), each with weight
    `w(x) = count(x) / (size p(x))` in `selection_weight`, and the k representatives added. Then
    `|sum_S w l - sum l| <= eps sum l + eps lambda Phi_k` with `size = O(1/eps^2)`.
 
