@@ -79,6 +79,7 @@ def test_band_choice_minimises_the_weighted_error_like_datasketch():
     defaults = parse(DedupConfig, {})
     assert defaults.band_rows() == (25, 10)  # 256 permutations
     assert defaults.edge_threshold() == pytest.approx(0.75)  # 0.8 - 2 sqrt(0.8 * 0.2 / 256)
+    assert [defaults.components_rounds(p) for p in (2, 4, 32, 256)] == [4, 5, 10, 14]
     with pytest.raises(ConfigError, match="bands"):
         parse(DedupConfig, {"bands": 20})
     with pytest.raises(ConfigError, match="exceeds"):
@@ -145,7 +146,7 @@ def _expected_labels(u, v) -> dict:
     return {node: minimum[label] for node, label in zip(nodes.tolist(), labels.tolist())}
 
 
-@pytest.mark.parametrize("partitions", [4, 32])
+@pytest.mark.parametrize("partitions", [2, 4, 32])
 def test_connected_components_on_a_chain_a_star_and_many_small_clusters(partitions):
     u, v = _adversarial_graph()
     expected = _expected_labels(u, v)
