@@ -104,7 +104,7 @@ def _sources(table: pa.Table) -> np.ndarray:
     return column(table, "u")
 
 
-def _nodes(table: pa.Table) -> np.ndarray:
+def node_keys(table: pa.Table) -> np.ndarray:
     return column(table, "node")
 
 
@@ -124,7 +124,7 @@ class ConnectedComponents(beam.PTransform):
         for i in range(self.rounds):
             edges = edges | f"Round{i}" >> Shuffle(_sources, self.partitions,
                                                    prepare=both_directions, then=local_stars)
-        keys = {"edges": _sources, "attributes": _nodes}
+        keys = {"edges": _sources, "attributes": node_keys}
         both = edges | "BothDirections" >> beam.Map(both_directions)
         return ({**inputs, "edges": both}
                 | "Label" >> CoShuffle({name: keys[name] for name in inputs}, self.partitions)

@@ -40,9 +40,9 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 
 from transforms.accounting import Rejects, count, record_max
 from transforms.config import config_dataclass
-from transforms.connected_components import ConnectedComponents, edge_table
+from transforms.connected_components import ConnectedComponents, edge_table, node_keys
 from transforms.dedup_index import ReadIndex, index_schema, open_index, signature_array
-from transforms.dedup_shuffle import CoShuffle, Shuffle, column, gather, partition_of
+from transforms.dedup_shuffle import CoShuffle, Shuffle, column, gather, scatter
 from transforms.documents import ID, SOURCE, TEXT
 from transforms.minhash import (MinHasher, Shingling, band_keys, bbit_jaccard, choose_bands, fmix64,
                                low_bits)
@@ -301,20 +301,15 @@ def band_pieces(representatives: pa.Table, bands: int, rows: int, partitions: in
     signatures = signatures_of(table)
     keys = band_keys(signatures, bands, rows).ravel()
     document = np.repeat(np.arange(table.num_rows), bands)
-    parts = partition_of(keys, partitions)
-    order = np.argsort(parts, kind="stable")
-    bounds = np.searchsorted(parts[order], np.arange(partitions + 1))
     bits = pa.FixedSizeListArray.from_arrays(pa.array(low_bits(signatures).ravel(), pa.uint8()),
                                              signatures.shape[1])
     nodes = table.select(["node", "old", "exact_hi"]).append_column("bits", bits)
-    node_column = column(table, "node")
-    for partition in range(partitions):
-        rows_here = order[bounds[partition]:bounds[partition + 1]]
-        if len(rows_here):
-            band_rows = pa.table({"band_key": pa.array(keys[rows_here], pa.uint64()),
-                                  "node": pa.array(node_column[document[rows_here]],
-                                                   pa.uint64())})
-            yield partition, (band_rows, nodes.take(pa.array(np.unique(document[rows_here]))))
+    band_rows = pa.table({"band_key": pa.array(keys, pa.uint64()),
+                          "node": table.column("node").take(pa.array(document)),
+                          "document": pa.array(document)})
+    for partition, piece in scatter(band_rows, keys, partitions):
+        documents = np.unique(column(piece, "document"))
+        yield partition, (piece.drop_columns(["document"]), nodes.take(pa.array(documents)))
 
 
 def gather_bands(pieces) -> tuple[pa.Table, pa.Table]:
@@ -562,10 +557,9 @@ class Dedup(Stage):
              | "ClusterBatches" >> beam.FlatMap(_record_batches)
              | "WriteClusters" >> self.context.sink("clusters", "clusters"))
         if config.write_index:
-            by_node = lambda t: column(t, "node")  # noqa: E731
             update = ({"sketches": sketches, "decisions": survivors[_DECISIONS]}
-                      | "SurvivorSketches" >> CoShuffle({"sketches": by_node,
-                                                         "decisions": by_node}, partitions)
+                      | "SurvivorSketches" >> CoShuffle({"sketches": node_keys,
+                                                         "decisions": node_keys}, partitions)
                       | "KeepSurvivors" >> beam.FlatMap(_drop_decided)
                       | "IndexRows" >> beam.Map(index_rows, bands, rows))
             if self.context is not None:

@@ -82,6 +82,11 @@ def detect_format(path: str) -> str:
                       f"(one of {', '.join(FORMATS)})")
 
 
+def format_of(spec: InputSpec, path: str) -> str:
+    """The input's configured format, or the one its file name shows."""
+    return spec.format if spec.format != "auto" else detect_format(path)
+
+
 def source_from_path(path: str) -> str:
     name = os.path.basename(path)
     return name.split(".", 1)[0] or name
@@ -107,8 +112,9 @@ def read_ranges(files: list[tuple[int, str, int]], specs: list[InputSpec],
     file over the workers without the runner holding the corpus."""
     items = []
     for index, path, size in files:
-        fmt = specs[index].format if specs[index].format != "auto" else detect_format(path)
-        if fmt == "jsonl" and size > split_bytes and not path.lower().endswith(_COMPRESSION_SUFFIXES):
+        plain_jsonl = (format_of(specs[index], path) == "jsonl"
+                       and not path.lower().endswith(_COMPRESSION_SUFFIXES))
+        if plain_jsonl and size > split_bytes:
             items += [(index, path, start, min(start + split_bytes, size))
                       for start in range(0, size, split_bytes)]
         else:
@@ -273,7 +279,7 @@ class ReadFileFn(beam.DoFn):
     def process(self, element):
         index, path, start, end = element
         spec = self.specs[index]
-        fmt = spec.format if spec.format != "auto" else detect_format(path)
+        fmt = format_of(spec, path)
         default_source = source_from_path(path)
         rejects = Rejects("ingest", self.config.payload_limit)
         docs: list[dict] = []

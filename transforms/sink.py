@@ -221,7 +221,7 @@ def _conformed(shard: dict, schema: pa.Schema, staging_dir: str, config: SinkCon
     with FileSystems.open(path) as f:
         reader = pa.ipc.open_file(pa.py_buffer(f.read()))
         batches = [conform(reader.get_batch(i), schema) for i in range(reader.num_record_batches)]
-    entry = write_shard(batches, schema, path.replace(".arrow", "-conformed.arrow"), config)
+    entry = write_shard(batches, schema, path.removesuffix(".arrow") + "-conformed.arrow", config)
     FileSystems.delete([path])
     return entry
 
