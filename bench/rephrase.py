@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pyarrow as pa
 from openai import AsyncOpenAI
 
@@ -73,7 +73,7 @@ class ServerWatch:
         self.url = base_url.rstrip("/").removesuffix("/v1") + "/metrics"
         self.first_request = None
         self.in_flight: list[float] = []
-        self._http = httpx.Client(timeout=10)
+        self._http = httpx2.Client(timeout=10)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 

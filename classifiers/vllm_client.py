@@ -154,7 +154,7 @@ class VLLMClient:
             self._http = httpx2.AsyncClient(
                 base_url=self.base_url, timeout=httpx2.Timeout(self.timeout_s, connect=10.0),
                 limits=httpx2.Limits(max_connections=self.concurrency,
-                                    max_keepalive_connections=self.concurrency))
+                                     max_keepalive_connections=self.concurrency))
             self._semaphore = asyncio.Semaphore(self.concurrency)
         return self._http
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import field
 from typing import Optional, Sequence
 
-import httpx
+import httpx2
 
 from transforms.config import config_dataclass
 
@@ -83,9 +83,9 @@ class VLLMServer:
                 raise ServerError(f"vLLM server exited with {self.process.returncode}:\n"
                                   + self.log_tail())
             try:
-                if httpx.get(f"{self.base_url}/models", timeout=5).status_code == 200:
+                if httpx2.get(f"{self.base_url}/models", timeout=5).status_code == 200:
                     return
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 pass
             time.sleep(1)
         self.stop()
