@@ -146,8 +146,10 @@ def _expected_labels(u, v) -> dict:
     return {node: minimum[label] for node, label in zip(nodes.tolist(), labels.tolist())}
 
 
-@pytest.mark.parametrize("partitions", [2, 4, 32])
-def test_connected_components_on_a_chain_a_star_and_many_small_clusters(partitions):
+@pytest.mark.parametrize("partitions, spilled", [(2, True), (4, False), (32, True)])
+def test_connected_components_on_a_chain_a_star_and_many_small_clusters(partitions, spilled,
+                                                                        tmp_path):
+    """Shuffled as tables (Beam's shuffle) or as paths of spilled pieces (the local runner)."""
     u, v = _adversarial_graph()
     expected = _expected_labels(u, v)
     pieces = [edge_table(u[i:i + 5000], v[i:i + 5000]) for i in range(0, len(u), 5000)]
@@ -161,8 +163,10 @@ def test_connected_components_on_a_chain_a_star_and_many_small_clusters(partitio
     with test_pipeline() as p:
         defaults = parse(DedupConfig, {})  # the default rounds must cover these shapes
         labels = p | beam.Create(pieces) | ConnectedComponents(
-            defaults.components_rounds(partitions), partitions)
+            defaults.components_rounds(partitions), partitions,
+            str(tmp_path) if spilled else None)
         assert_that(labels | beam.combiners.ToList(), lambda lists: check(lists[0]))
+    assert any(tmp_path.glob("*.arrow")) == spilled
 
 
 def test_connected_components_fail_when_rounds_are_too_few():

@@ -53,3 +53,12 @@ def to_dict(config: Any) -> Any:
     if isinstance(config, dict):
         return {k: to_dict(v) for k, v in config.items()}
     return config
+
+
+def local_workers(options) -> int | None:
+    """The local runner's worker processes, or None on a remote runner (Dataflow, Flink...),
+    where the stages size their work for a cluster instead."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+    if options.view_as(StandardOptions).runner not in (None, "FnApiRunner", "DirectRunner"):
+        return None
+    return options.view_as(DirectOptions).direct_num_workers or 1

@@ -25,6 +25,8 @@ That last pass can also join per-node attributes (`ConnectedComponents(...)` app
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -113,20 +115,23 @@ class ConnectedComponents(beam.PTransform):
     for every node with an edge. Applied to `{"edges": e, "attributes": a}` (tables with a
     `node` column), the labels come joined to the attributes of their node."""
 
-    def __init__(self, rounds: int, partitions: int):
+    def __init__(self, rounds: int, partitions: int, spill_dir: Optional[str] = None):
         super().__init__()
         self.rounds = rounds
         self.partitions = partitions
+        self.spill_dir = spill_dir
 
     def expand(self, inputs):
         inputs = inputs if isinstance(inputs, dict) else {"edges": inputs}
         edges = inputs["edges"]
         for i in range(self.rounds):
             edges = edges | f"Round{i}" >> Shuffle(_sources, self.partitions,
-                                                   prepare=both_directions, then=local_stars)
+                                                   prepare=both_directions, then=local_stars,
+                                                   spill_dir=self.spill_dir)
         keys = {"edges": _sources, "attributes": node_keys}
         both = edges | "BothDirections" >> beam.Map(both_directions)
         return ({**inputs, "edges": both}
-                | "Label" >> CoShuffle({name: keys[name] for name in inputs}, self.partitions)
+                | "Label" >> CoShuffle({name: keys[name] for name in inputs}, self.partitions,
+                                        self.spill_dir)
                 | "CheckedLabels" >> beam.FlatMap(checked_labels, self.rounds))
 

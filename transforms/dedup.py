@@ -29,7 +29,6 @@ from typing import Literal, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,10 +38,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 
 from transforms.accounting import Rejects, count, record_max
-from transforms.config import config_dataclass
+from transforms.config import config_dataclass, local_workers
 from transforms.connected_components import ConnectedComponents, edge_table, node_keys
 from transforms.dedup_index import ReadIndex, index_schema, open_index, signature_array
-from transforms.dedup_shuffle import CoShuffle, Shuffle, column, gather, scatter
+from transforms.dedup_shuffle import (CoShuffle, Shuffle, column, gather, scatter, stash,
+                                      write_arrow)
 from transforms.documents import ID, SOURCE, TEXT
 from transforms.minhash import (MinHasher, Shingling, band_keys, bbit_jaccard, choose_bands, fmix64,
                                low_bits)
@@ -119,10 +119,8 @@ class DedupConfig:
         step, ~0.9 s on the local multi-process runner whatever the data)."""
         if self.partitions is not None:
             return self.partitions
-        runner = options.view_as(StandardOptions).runner
-        if runner in (None, "FnApiRunner", "DirectRunner"):
-            return max(2, options.view_as(DirectOptions).direct_num_workers or 1)
-        return 256
+        workers = local_workers(options)
+        return 256 if workers is None else max(2, workers)
 
     def components_rounds(self, partitions: int) -> int:
         """Unless set: enough for a 10,000-document chain at this many partitions (measured
@@ -208,14 +206,8 @@ class SketchFn(beam.DoFn):
 
 
 def spill(batch: pa.RecordBatch, directory: str, key: int) -> str:
-    """Write a batch as an Arrow IPC stream (temp name, then rename); returns its path."""
-    path = FileSystems.join(directory, f"{key:016x}.arrow")
-    temp = f"{path}.tmp"
-    with FileSystems.create(temp) as handle:
-        with pa.ipc.new_stream(handle, batch.schema) as writer:
-            writer.write_batch(batch)
-    FileSystems.rename([temp], [path])
-    return path
+    """Write a batch as an Arrow IPC stream; returns its path."""
+    return write_arrow(batch, FileSystems.join(directory, f"{key:016x}.arrow"))
 
 
 def read_spilled(path: str) -> pa.RecordBatch:
@@ -290,7 +282,8 @@ def exact_groups(sketches: pa.Table):
 
 # --- 3. near: LSH buckets with verified edges ----------------------------------------------------
 
-def band_pieces(representatives: pa.Table, bands: int, rows: int, partitions: int):
+def band_pieces(representatives: pa.Table, bands: int, rows: int, partitions: int,
+                spill_dir: Optional[str] = None):
     """(partition, (band rows, node rows)) for the band shuffle. Band rows are (band key, node),
     one per document and band; node rows carry what verification needs (old flag, content
     order, the b-bit signature: a quarter of the full signature's bytes) once per document and
@@ -309,7 +302,8 @@ def band_pieces(representatives: pa.Table, bands: int, rows: int, partitions: in
                           "document": pa.array(document)})
     for partition, piece in scatter(band_rows, keys, partitions):
         documents = np.unique(column(piece, "document"))
-        yield partition, (piece.drop_columns(["document"]), nodes.take(pa.array(documents)))
+        yield partition, (stash(piece.drop_columns(["document"]), spill_dir),
+                          stash(nodes.take(pa.array(documents)), spill_dir))
 
 
 def gather_bands(pieces) -> tuple[pa.Table, pa.Table]:
@@ -517,9 +511,12 @@ class Dedup(Stage):
         config = self.config
         bands, rows = config.band_rows()
         verify_threshold = config.edge_threshold()
-        partitions = config.shuffle_partitions(documents.pipeline.options)
+        options = documents.pipeline.options
+        partitions = config.shuffle_partitions(options)
         spill_dir = (FileSystems.join(self.context.staging_dir, f"spill-{uuid.uuid4().hex}")
                      if self.context is not None else tempfile.mkdtemp(prefix="sluice-dedup-"))
+        # the local runner holds shuffled elements in its own memory: shuffle paths there
+        shuffle_dir = spill_dir if local_workers(options) is not None else None
         sketched = documents | "Sketch" >> beam.ParDo(SketchFn(config, spill_dir)).with_outputs(
             _SPILLED, main="sketches")
         sketches = sketched.sketches
@@ -533,13 +530,13 @@ class Dedup(Stage):
             all_sketches = sketches
 
         exact = (all_sketches
-                 | "ExactGroup" >> Shuffle(_exact_key, partitions)
+                 | "ExactGroup" >> Shuffle(_exact_key, partitions, spill_dir=shuffle_dir)
                  | "Exact" >> beam.FlatMap(exact_groups).with_outputs(
                      _EDGES, _ATTRIBUTES, _REPRESENTATIVES))
         edges = [exact[_EDGES]]
         if config.near:
             near = (exact[_REPRESENTATIVES]
-                    | "Bands" >> beam.FlatMap(band_pieces, bands, rows, partitions)
+                    | "Bands" >> beam.FlatMap(band_pieces, bands, rows, partitions, shuffle_dir)
                     | "BandGroup" >> beam.GroupByKey()
                     | "Verify" >> beam.MapTuple(lambda _, pieces: verified_edges(
                         gather_bands(pieces), config, verify_threshold)))
@@ -547,8 +544,9 @@ class Dedup(Stage):
         all_edges = edges | "AllEdges" >> beam.Flatten()
         survivors = ({"edges": all_edges, "attributes": exact[_ATTRIBUTES]}
                      | "Components" >> ConnectedComponents(
-                         config.components_rounds(partitions), partitions)
-                     | "ClusterGroup" >> Shuffle(lambda t: column(t, "component"), partitions)
+                         config.components_rounds(partitions), partitions, shuffle_dir)
+                     | "ClusterGroup" >> Shuffle(lambda t: column(t, "component"), partitions,
+                                                  spill_dir=shuffle_dir)
                      | "Survivors" >> beam.FlatMap(choose_survivors).with_outputs(
                          _DECISIONS, _CLUSTERS))
         self.clusters = survivors[_CLUSTERS]
@@ -559,7 +557,8 @@ class Dedup(Stage):
         if config.write_index:
             update = ({"sketches": sketches, "decisions": survivors[_DECISIONS]}
                       | "SurvivorSketches" >> CoShuffle({"sketches": node_keys,
-                                                         "decisions": node_keys}, partitions)
+                                                         "decisions": node_keys}, partitions,
+                                                        shuffle_dir)
                       | "KeepSurvivors" >> beam.FlatMap(_drop_decided)
                       | "IndexRows" >> beam.Map(index_rows, bands, rows))
             if self.context is not None:

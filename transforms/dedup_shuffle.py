@@ -5,14 +5,22 @@ Each batch is split by `hash(key) mod partitions` into at most `partitions` sub-
 GroupByKey then brings every row of one partition to one worker, where numpy/Arrow group the
 rows by their actual key. Memory per worker is the partition's size, so large corpora need more
 partitions (the `partitions` setting).
+
+With a spill folder (what dedup gives on the local runner), each piece is written to an Arrow
+file and only its path travels: the FnApiRunner keeps every shuffled element in its own process,
+so shuffling the tables themselves makes its memory grow with the corpus. Dataflow, Flink and
+Spark shuffle outside the workers' memory, so there the tables travel as elements.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+import uuid
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 
 from transforms.minhash import fmix64
 
@@ -39,28 +47,66 @@ def _as_table(data: pa.Table | pa.RecordBatch) -> pa.Table:
     return data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
 
 
-def gather(tables: Iterable[pa.Table]) -> pa.Table:
-    """One table from a partition's pieces (all pieces share one schema)."""
-    return pa.concat_tables(list(tables)).combine_chunks()
+def gather(pieces: Iterable) -> pa.Table:
+    """One table from a partition's pieces, stashed or not (all share one schema)."""
+    return pa.concat_tables([unstash(piece) for piece in pieces]).combine_chunks()
+
+
+def write_arrow(data: pa.Table | pa.RecordBatch, path: str) -> str:
+    """Write an Arrow IPC stream through Beam's filesystems (temp name, then rename)."""
+    temp = f"{path}.tmp"
+    with FileSystems.create(temp) as handle:
+        with pa.ipc.new_stream(handle, data.schema) as writer:
+            writer.write(data)
+    FileSystems.rename([temp], [path])
+    return path
+
+
+def read_arrow(path: str) -> pa.Table:
+    with FileSystems.open(path) as handle:
+        return pa.ipc.open_stream(handle.read()).read_all()
+
+
+@dataclass(frozen=True)
+class Stashed:
+    """A shuffle piece written to a file; the path travels instead of the rows."""
+
+    path: str
+
+
+def stash(piece: pa.Table, spill_dir: Optional[str]):
+    """The piece as it travels: itself, or with a spill folder, a `Stashed` file."""
+    if spill_dir is None:
+        return piece
+    return Stashed(write_arrow(piece, FileSystems.join(spill_dir, f"{uuid.uuid4().hex}.arrow")))
+
+
+def unstash(piece) -> pa.Table:
+    return read_arrow(piece.path) if isinstance(piece, Stashed) else piece
 
 
 class Shuffle(beam.PTransform):
     """Tables -> `then(table)` for one table per partition, rows partitioned by `key_fn(table)`
-    (uint64 keys) after `prepare(table)`; three Beam transforms, whatever the functions."""
+    (uint64 keys) after `prepare(table)`; three Beam transforms, whatever the functions.
+    Pieces go through `spill_dir` when given (see the module docstring)."""
 
-    def __init__(self, key_fn, partitions: int, prepare=None, then=None):
+    def __init__(self, key_fn, partitions: int, prepare=None, then=None,
+                 spill_dir: Optional[str] = None):
         super().__init__()
         self.key_fn = key_fn
         self.partitions = partitions
         self.prepare = prepare or _identity
         self.then = then or _identity
+        self.spill_dir = spill_dir
 
     def expand(self, tables):
         key_fn, partitions, prepare, then = self.key_fn, self.partitions, self.prepare, self.then
+        spill_dir = self.spill_dir
 
         def scatter_prepared(table):
             table = prepare(table)
-            return scatter(table, key_fn(table), partitions)
+            return ((p, stash(piece, spill_dir))
+                    for p, piece in scatter(table, key_fn(table), partitions))
 
         return (tables
                 | "Scatter" >> beam.FlatMap(scatter_prepared)
@@ -80,19 +126,21 @@ class CoShuffle(beam.PTransform):
     """Several named table PCollections partitioned alike: -> {name: table or None} per
     partition, for joins. `key_fns` maps each input name to its key function."""
 
-    def __init__(self, key_fns: dict, partitions: int):
+    def __init__(self, key_fns: dict, partitions: int, spill_dir: Optional[str] = None):
         super().__init__()
         self.key_fns = key_fns
         self.partitions = partitions
+        self.spill_dir = spill_dir
 
     def expand(self, named):
-        partitions = self.partitions
+        partitions, spill_dir = self.partitions, self.spill_dir
         scattered = []
         for name, tables in named.items():
             key_fn = self.key_fns[name]
             scattered.append(tables | f"Scatter{name}" >> beam.FlatMap(
                 lambda t, name=name, key_fn=key_fn: (
-                    (p, (name, piece)) for p, piece in scatter(t, key_fn(t), partitions))))
+                    (p, (name, stash(piece, spill_dir)))
+                    for p, piece in scatter(t, key_fn(t), partitions))))
         names = list(named)
         return (scattered
                 | "Merge" >> beam.Flatten()

@@ -1,7 +1,8 @@
 """Ingest: JSONL (plain/.gz/.zst), Parquet, Arrow IPC, WARC and WET into the document schema.
 
-Each input file is read by one worker and emitted as record batches of `batch_size` documents;
-a `Reshuffle` then spreads the batches across workers. Every record read counts as `input`;
+Each input file, or byte range of a plain JSONL file, is read by one worker and emitted as record
+batches of `batch_size` documents; the work items, not the documents, are shuffled to spread
+reading over the workers. Every record read counts as `input`;
 records that cannot become documents are failed (malformed JSON, invalid UTF-8, non-text) and
 empty or oversized documents are dropped, each with its reason in the dead-letter output.
 """
@@ -22,7 +23,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.accounting import INPUT, Rejects, count
-from transforms.config import ConfigError, config_dataclass
+from transforms.config import ConfigError, config_dataclass, local_workers
 from transforms.documents import ID, SOURCE, TEXT, URL, batch_from_rows, content_id
 from transforms.progress import Progress
 
@@ -45,7 +46,7 @@ class InputSpec:
 @config_dataclass
 class IngestConfig:
     batch_size: int = 1000
-    split_bytes: int = 64 * 2**20  # plain JSONL files are read in ranges of this size, in parallel
+    split_bytes: int = 64 * 2**20  # plain JSONL files are read in ranges of at most this size
     max_chars: int = 1_000_000
     payload_limit: int = 65536
 
@@ -102,6 +103,20 @@ def expand_inputs(specs: list[InputSpec]) -> list[tuple[int, str, int]]:
             raise ConfigError(f"input '{spec.path}' matched no files")
         files += [(index, m.path, m.size_in_bytes) for m in sorted(matches, key=lambda m: m.path)]
     return files
+
+
+MIN_SPLIT_BYTES = 2**20
+RANGES_PER_WORKER = 4  # several ranges per worker even out ranges that filter unequally
+
+
+def split_size(files: list[tuple[int, str, int]], split_bytes: int,
+               workers: Optional[int]) -> int:
+    """Byte-range size for plain JSONL: `split_bytes`, or less when a local run would otherwise
+    leave workers idle (one 10 MB file is one range, read by one of the workers)."""
+    if workers is None:
+        return split_bytes
+    total = sum(size for _, _, size in files)
+    return max(MIN_SPLIT_BYTES, min(split_bytes, -(-total // (RANGES_PER_WORKER * workers))))
 
 
 def read_ranges(files: list[tuple[int, str, int]], specs: list[InputSpec],
@@ -332,7 +347,10 @@ class ReadDocuments(beam.PTransform):
 
     def expand(self, pbegin):
         # detect_format fails here, at construction, rather than on a worker
-        items = read_ranges(expand_inputs(self.specs), self.specs, self.config.split_bytes)
+        files = expand_inputs(self.specs)
+        workers = local_workers(pbegin.pipeline.options)
+        items = read_ranges(files, self.specs,
+                            split_size(files, self.config.split_bytes, workers))
         read = (pbegin
                 | "ListFiles" >> beam.Create(items)
                 | "SpreadFiles" >> beam.Reshuffle()
