@@ -1,9 +1,9 @@
 """Arrow shard sink: `<split>-NNNNN-of-MMMMM.arrow` (IPC file format, zstd record batches).
 
-Shards are written where the batches are, with no shuffle: each worker buffers its bundle's
-batches up to `shard_bytes` (default 256 MiB of uncompressed Arrow) and writes them as one shard
-under a unique staging name (temp name, then rename). Memory is bounded by the shard size, not
-the corpus, and documents never wait in the runner for a total or a schema. `finalize_output`
+Shards are written where the batches are, with no shuffle: each worker streams its bundle's
+batches into a shard file until it holds `shard_bytes` (default 256 MiB of uncompressed Arrow),
+under a unique staging name (temp name, then rename). Memory holds one batch, not a shard or the
+corpus, and documents never wait in the runner for a total or a schema. `finalize_output`
 runs after the pipeline succeeded: it unifies the shards' schemas (rewriting the rare shard
 whose schema differs, so `pyarrow.dataset` and HF `datasets` read the folder), orders the shards
 by their first id and moves them into place as `<split>-NNNNN-of-MMMMM.arrow`, so a crashed run
@@ -85,8 +85,8 @@ def shard_stats(table: pa.Table) -> dict:
 
 
 class WriteShardsFn(beam.DoFn):
-    """Batches -> shards of about `shard_bytes` each, written from the bundle's buffer; yields
-    each shard's entry for the shard index (staging name, schema, sha256, counts)."""
+    """Batches -> shards of about `shard_bytes` each, streamed to their file as they come;
+    yields each shard's entry for the shard index (staging name, schema, sha256, counts)."""
 
     def __init__(self, directory: str, split: str, config: SinkConfig, count_kept: bool):
         self.directory = directory
@@ -95,48 +95,93 @@ class WriteShardsFn(beam.DoFn):
         self.count_kept = count_kept
 
     def start_bundle(self):
-        self.pending: list[pa.RecordBatch] = []
-        self.pending_bytes = 0
+        self.shard: Optional[ShardWriter] = None
 
     def process(self, batch):
         if not batch.num_rows:
             return
-        self.pending.append(batch)
-        self.pending_bytes += batch.nbytes
-        if self.pending_bytes >= self.config.shard_bytes:
-            yield self._flush()
+        if self.shard is not None and not self.shard.accepts(batch.schema):
+            yield self._close()
+        if self.shard is None:
+            self.shard = ShardWriter(FileSystems.join(
+                self.directory, f"{self.split}-part-{uuid.uuid4().hex}.arrow"),
+                batch.schema, self.config)
+        self.shard.write(batch)
+        if self.shard.rows_bytes >= self.config.shard_bytes:
+            yield self._close()
 
     def finish_bundle(self):
-        if self.pending:
-            yield WindowedValue(self._flush(), MIN_TIMESTAMP, [GlobalWindow()])
+        if self.shard is not None:
+            yield WindowedValue(self._close(), MIN_TIMESTAMP, [GlobalWindow()])
 
-    def _flush(self) -> dict:
-        batches, self.pending, self.pending_bytes = self.pending, [], 0
-        schema = unify(b.schema for b in batches)
-        entry = write_shard([conform(b, schema) for b in batches], schema, FileSystems.join(
-            self.directory, f"{self.split}-part-{uuid.uuid4().hex}.arrow"), self.config)
+    def _close(self) -> dict:
+        entry, self.shard = self.shard.close(), None
         if self.count_kept:
             count(KEPT, entry["rows"])
         return entry
 
 
+class ShardWriter:
+    """One shard being written: batches stream into an Arrow IPC file under a temp name, renamed
+    on close, so memory holds a batch rather than a shard. A batch whose schema differs only by
+    what the shard's schema can hold (a null column, a missing one) is conformed to it; any
+    other difference starts a new shard, and `finalize_output` unifies the shards."""
+
+    def __init__(self, path: str, schema: pa.Schema, config: SinkConfig):
+        self.path = path
+        self.schema = schema
+        self.temp = f"{path}.tmp-{uuid.uuid4().hex}"
+        self.sink = _HashingFile(FileSystems.create(self.temp))
+        self.writer = pa.ipc.new_file(self.sink, schema, options=pa.ipc.IpcWriteOptions(
+            compression=None if config.compression == "none" else config.compression))
+        self.rows_bytes = 0
+        self.first_id: Optional[str] = None
+        self.stats = {"rows": 0, "chars": 0, "tokens": 0, "sources": {}}
+
+    def accepts(self, schema: pa.Schema) -> bool:
+        return schema.equals(self.schema) or unify([self.schema, schema]).equals(self.schema)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        batch = conform(batch, self.schema)
+        self.writer.write_batch(batch)
+        self.rows_bytes += batch.nbytes
+        table = pa.Table.from_batches([batch])
+        _add_stats(self.stats, shard_stats(table))
+        if ID in self.schema.names:
+            first = pc.min(table.column(ID)).as_py()
+            if first is not None:
+                first = str(first)
+                self.first_id = first if self.first_id is None else min(self.first_id, first)
+
+    def close(self) -> dict:
+        self.writer.close()
+        self.sink.close()
+        FileSystems.rename([self.temp], [self.path])
+        return {"name": self.path.rsplit("/", 1)[-1], "first_id": self.first_id or "",
+                "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
+                "bytes": self.sink.size, "sha256": self.sink.sha256.hexdigest(), **self.stats}
+
+
+def _add_stats(total: dict, stats: dict) -> None:
+    for key in ("rows", "chars", "tokens"):
+        total[key] += stats[key]
+    _add_sources(total["sources"], stats["sources"])
+
+
+def _add_sources(total: dict, sources: dict) -> None:
+    for source, counts in sources.items():
+        entry = total.setdefault(source, {"docs": 0, "tokens": 0})
+        entry["docs"] += counts["docs"]
+        entry["tokens"] += counts["tokens"]
+
+
 def write_shard(batches: list[pa.RecordBatch], schema: pa.Schema, path: str,
                 config: SinkConfig) -> dict:
-    """One Arrow IPC file (temp name, then rename) -> its shard index entry."""
-    temp = f"{path}.tmp-{uuid.uuid4().hex}"
-    options = pa.ipc.IpcWriteOptions(
-        compression=None if config.compression == "none" else config.compression)
-    sink = _HashingFile(FileSystems.create(temp))
-    with pa.ipc.new_file(sink, schema, options=options) as writer:
-        for batch in batches:
-            writer.write_batch(batch)
-    sink.close()
-    FileSystems.rename([temp], [path])
-    table = pa.Table.from_batches(batches, schema=schema)
-    first = pc.min(table.column(ID)).as_py() if ID in schema.names else None
-    return {"name": path.rsplit("/", 1)[-1], "first_id": "" if first is None else str(first),
-            "schema": base64.b64encode(schema.serialize().to_pybytes()).decode(),
-            "bytes": sink.size, "sha256": sink.sha256.hexdigest(), **shard_stats(table)}
+    """One Arrow IPC file of `batches` (temp name, then rename) -> its shard index entry."""
+    shard = ShardWriter(path, schema, config)
+    for batch in batches:
+        shard.write(batch)
+    return shard.close()
 
 
 def _schema_of(entry: dict) -> pa.Schema:
@@ -199,10 +244,7 @@ def finalize_output(staging_dir: str, final_dir: str, split: str,
         FileSystems.delete(stale)
     sources: dict[str, dict] = {}
     for shard in shards:
-        for source, counts in shard.pop("sources").items():
-            entry = sources.setdefault(source, {"docs": 0, "tokens": 0})
-            entry["docs"] += counts["docs"]
-            entry["tokens"] += counts["tokens"]
+        _add_sources(sources, shard.pop("sources"))
     return {
         "path": final_dir,
         "split": split,
