@@ -27,7 +27,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from transforms.accounting import run_stats, summary
 from transforms.config import ConfigError, config_dataclass, parse, to_dict
 from transforms.ingest import IngestConfig, InputSpec, ReadDocuments
-from transforms.sink import SinkConfig, finalize_output
+from transforms.sink import SinkConfig, finalize_output, read_shard_index
 from transforms.stage import JobContext, build_stage
 
 VERSION = "0.1.0"
@@ -143,6 +143,7 @@ def build(pipeline: beam.Pipeline, job: JobConfig, context: JobContext) -> None:
     (all_rejects
      | "CollectRejects" >> beam.Flatten()
      | "WriteDeadLetter" >> context.sink(DEAD_LETTER, DEAD_LETTER))
+    context.write_shard_index()
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -180,8 +181,9 @@ def run_job(data: dict, beam_args: list[str], build_fn=build, log=print) -> dict
     if str(result.state) not in ("DONE", "PipelineState.DONE"):
         raise RuntimeError(f"pipeline ended in state {result.state}")
     stats = run_stats(result)
-    outputs = {name: finalize_output(f"{staging}/{name}", FileSystems.join(job.output, name), split,
-                                     job.sink)
+    shards = read_shard_index(context.shard_index)
+    outputs = {name: finalize_output(shards.get(name, []), f"{staging}/{name}",
+                                     FileSystems.join(job.output, name), split, job.sink)
                for name, split in context.outputs.items()}
     FileSystems.delete([staging])
     manifest = {

@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from tests.conftest import test_pipeline
-from transforms.sink import SinkConfig, WriteArrowShards, finalize_output
+from transforms.sink import (SinkConfig, WriteArrowShards, WriteShardIndex, finalize_output,
+                             read_shard_index)
 
 
 def _batch(start: int, n: int, **extra) -> pa.RecordBatch:
@@ -28,10 +29,14 @@ def test_mixed_schemas_become_one_output_schema_and_shards_keep_their_size(tmp_p
     ] + [_batch(200 + 100 * k, 100) for k in range(8)]
     staging, final = tmp_path / "staging", tmp_path / "final"
     config = SinkConfig(shard_bytes=20_000)
+    index = str(tmp_path / "shards.json")
     with test_pipeline() as p:
         _ = (p | beam.Create(batches, reshuffle=False)
-             | WriteArrowShards(str(staging), "train", config))
-    manifest = finalize_output(str(staging), str(final), "train", config)
+             | WriteArrowShards(str(staging), "train", config)
+             | beam.Map(lambda entry: ("train", entry))
+             | WriteShardIndex(index))
+    manifest = finalize_output(read_shard_index(index)["train"], str(staging), str(final), "train",
+                               config)
 
     table = ds.dataset(str(final), format="arrow").to_table()
     assert sorted(table.column("id").to_pylist()) == [f"doc-{i:04d}" for i in range(1000)]

@@ -29,7 +29,7 @@ from transforms.accounting import KEPT, count
 from transforms.config import config_dataclass
 from transforms.documents import ID, SOURCE, TEXT, conform, unify
 
-SHARD_INDEX = "{split}.shards.json"
+SHARD_INDEX = "shards.json"
 
 
 @config_dataclass
@@ -188,13 +188,8 @@ def _schema_of(entry: dict) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(entry["schema"])))
 
 
-def _write_shard_index(shards: list[dict], path: str) -> None:
-    with FileSystems.create(path) as f:
-        f.write(json.dumps(sorted(shards, key=lambda s: s["name"])).encode())
-
-
 class WriteArrowShards(beam.PTransform):
-    """Write record batches as Arrow shards into `staging_dir`; see `finalize_output`."""
+    """Write record batches as Arrow shards into `staging_dir`; returns their index entries."""
 
     def __init__(self, staging_dir: str, split: str, config: SinkConfig, count_kept: bool = False):
         super().__init__()
@@ -204,12 +199,38 @@ class WriteArrowShards(beam.PTransform):
         self.count_kept = count_kept
 
     def expand(self, batches):
-        index_path = FileSystems.join(self.staging_dir, SHARD_INDEX.format(split=self.split))
-        return (batches
-                | "WriteShards" >> beam.ParDo(
-                    WriteShardsFn(self.staging_dir, self.split, self.config, self.count_kept))
+        return batches | "WriteShards" >> beam.ParDo(
+            WriteShardsFn(self.staging_dir, self.split, self.config, self.count_kept))
+
+
+class WriteShardIndex(beam.PTransform):
+    """(output name, shard entry) pairs -> one JSON index `{name: [entries]}` at `path`.
+
+    Only entries of committed bundles reach it, so `finalize_output` never takes the shards of a
+    retried bundle twice. One index serves every output of a job: one Beam step, not one each."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def expand(self, named_entries):
+        return (named_entries
                 | "CollectShards" >> beam.combiners.ToList()
-                | "WriteShardIndex" >> beam.Map(_write_shard_index, index_path))
+                | "WriteShardIndex" >> beam.Map(_write_shard_index, self.path))
+
+
+def _write_shard_index(named_entries: list[tuple[str, dict]], path: str) -> None:
+    index: dict[str, list] = {}
+    for name, entry in named_entries:
+        index.setdefault(name, []).append(entry)
+    with FileSystems.create(path) as f:
+        f.write(json.dumps({name: sorted(entries, key=lambda e: e["name"])
+                            for name, entries in sorted(index.items())}).encode())
+
+
+def read_shard_index(path: str) -> dict[str, list[dict]]:
+    with FileSystems.open(path) as f:
+        return json.loads(f.read())
 
 
 def _ensure_dir(path: str) -> None:
@@ -219,15 +240,15 @@ def _ensure_dir(path: str) -> None:
         pass  # already there
 
 
-def finalize_output(staging_dir: str, final_dir: str, split: str,
+def finalize_output(entries: list[dict], staging_dir: str, final_dir: str, split: str,
                     config: Optional[SinkConfig] = None) -> dict:
-    """Move a finished output's shards into `final_dir` under their final names, removing stale
-    shards of `split`; shards whose schema differs from the output's are rewritten first.
+    """Move a finished output's shards (their index `entries`) from `staging_dir` into
+    `final_dir` under their final names, removing stale shards of `split`; shards whose schema
+    differs from the output's are rewritten first.
 
     Returns the output's manifest section: shards, totals, per-source counts and schema.
     """
-    with FileSystems.open(FileSystems.join(staging_dir, SHARD_INDEX.format(split=split))) as f:
-        shards = sorted(json.loads(f.read()), key=lambda s: (s["first_id"], s["sha256"]))
+    shards = sorted(entries, key=lambda s: (s["first_id"], s["sha256"]))
     schema = unify(_schema_of(s) for s in shards) if shards else None
     shards = [_conformed(s, schema, staging_dir, config or SinkConfig()) for s in shards]
     staged = [FileSystems.join(staging_dir, s["name"]) for s in shards]

@@ -18,7 +18,7 @@ import apache_beam as beam
 from transforms.accounting import Drop, Rejects
 from transforms.config import ConfigError, parse
 from transforms.documents import ID, SOURCE, batch_from_rows, rows
-from transforms.sink import SinkConfig, WriteArrowShards
+from transforms.sink import SHARD_INDEX, SinkConfig, WriteArrowShards, WriteShardIndex
 
 REJECTS = "rejects"
 
@@ -48,13 +48,37 @@ class JobContext:
     staging_dir: str
     sink_config: SinkConfig
     outputs: dict[str, str] = field(default_factory=dict)  # output name -> split
+    shard_entries: list = field(default_factory=list)  # PCollections of (name, shard entry)
 
-    def sink(self, name: str, split: str, count_kept: bool = False) -> WriteArrowShards:
+    def sink(self, name: str, split: str, count_kept: bool = False) -> beam.PTransform:
         """A shard sink for output folder `name` (finalized into `output_dir/name`)."""
         if name in self.outputs:
             raise ValueError(f"output '{name}' is written twice")
         self.outputs[name] = split
-        return WriteArrowShards(f"{self.staging_dir}/{name}", split, self.sink_config, count_kept)
+        return _OutputSink(self, name, split, count_kept)
+
+    @property
+    def shard_index(self) -> str:
+        return f"{self.staging_dir}/{SHARD_INDEX}"
+
+    def write_shard_index(self) -> None:
+        """After every sink is built: the one index of all outputs' shards."""
+        self.shard_entries | "AllShards" >> beam.Flatten() | WriteShardIndex(self.shard_index)
+
+
+class _OutputSink(beam.PTransform):
+    def __init__(self, context: JobContext, name: str, split: str, count_kept: bool):
+        super().__init__()
+        self.context, self.name, self.split, self.count_kept = context, name, split, count_kept
+
+    def expand(self, batches):
+        context, name = self.context, self.name
+        entries = (batches
+                   | WriteArrowShards(f"{context.staging_dir}/{name}", self.split,
+                                      context.sink_config, self.count_kept)
+                   | "Named" >> beam.Map(lambda entry: (name, entry)))
+        context.shard_entries.append(entries)
+        return entries
 
 
 class Stage(beam.PTransform):
