@@ -140,9 +140,11 @@ def build(pipeline: beam.Pipeline, job: JobConfig, context: JobContext) -> None:
         documents, stage_rejects = documents | label >> stage
         all_rejects.append(stage_rejects)
     documents | "WriteDocuments" >> context.sink(DOCUMENTS, job.split, count_kept=True)
-    (all_rejects
-     | "CollectRejects" >> beam.Flatten()
-     | "WriteDeadLetter" >> context.sink(DEAD_LETTER, DEAD_LETTER))
+    # each stage writes its own rejects where they arise: a Flatten of them all would make the
+    # local runner hold every rejected document in its memory before one sink stage
+    dead_letter = context.sink(DEAD_LETTER, DEAD_LETTER)
+    for index, stage_rejects in enumerate(all_rejects):
+        stage_rejects | f"WriteDeadLetter{index}" >> dead_letter
     context.write_shard_index()
 
 
