@@ -123,18 +123,20 @@ def read_ranges(files: list[tuple[int, str, int]], specs: list[InputSpec],
                 split_bytes: int) -> list[tuple[int, str, int, Optional[int]]]:
     """(input index, path, start, end) work items: plain JSONL files larger than `split_bytes`
     become byte ranges read by different workers (`read_jsonl`); other files are read whole
-    (end None). Splitting the reading, rather than shuffling the documents read, spreads a big
-    file over the workers without the runner holding the corpus."""
-    items = []
+    (end None), largest first. Splitting the reading, rather than shuffling the documents read,
+    spreads a big file over the workers without the runner holding the corpus."""
+    sized = []
     for index, path, size in files:
         plain_jsonl = (format_of(specs[index], path) == "jsonl"
                        and not path.lower().endswith(_COMPRESSION_SUFFIXES))
         if plain_jsonl and size > split_bytes:
-            items += [(index, path, start, min(start + split_bytes, size))
-                      for start in range(0, size, split_bytes)]
+            step = -(-size // -(-size // split_bytes))  # equal ranges, no small remainder
+            sized += [(min(step, size - start), (index, path, start, min(start + step, size)))
+                      for start in range(0, size, step)]
         else:
-            items.append((index, path, 0, None))
-    return items
+            sized.append((size, (index, path, 0, None)))
+    # largest first: the local runner deals work items to its workers in turn
+    return [item for _, item in sorted(sized, key=lambda pair: -pair[0])]
 
 
 # --- raw record readers: path -> dicts or Failures ----------------------------------------------
