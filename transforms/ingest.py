@@ -354,7 +354,7 @@ class ReadDocuments(beam.PTransform):
         items = read_ranges(files, self.specs,
                             split_size(files, self.config.split_bytes, workers))
         read = (pbegin
-                | "ListFiles" >> beam.Create(items)
+                | "ListFiles" >> beam.Create(items, reshuffle=False)
                 | "SpreadFiles" >> beam.Reshuffle()
                 | "ReadFiles" >> beam.ParDo(ReadFileFn(self.specs, self.config))
                 .with_outputs(REJECTS, main="documents"))
