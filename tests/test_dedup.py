@@ -22,8 +22,9 @@ from tests.conftest import test_pipeline
 from transforms import dedup_eval
 from transforms.config import ConfigError, parse
 from transforms.connected_components import ConnectedComponents, edge_table
-from transforms.dedup import DedupConfig, choose_survivors, sketch_table, verified_edges
-from transforms.minhash import MinHasher, Shingling, choose_bands, low_bits
+from transforms.dedup import (DedupConfig, choose_survivors, fixed_size_list, index_sketches,
+                              sketch_table, verified_edges)
+from transforms.minhash import MinHasher, Shingling, band_keys, choose_bands, low_bits
 from transforms.sink import read_output
 
 ONE_WORKER = ["--direct_num_workers=1"]
@@ -176,6 +177,18 @@ def test_connected_components_fail_when_rounds_are_too_few():
             p | beam.Create([edge_table(u[:999], v[:999])]) | ConnectedComponents(2, 8)
 
 
+def test_index_shards_of_version_1_read_as_b_bit_sketches():
+    """Version 1 indexes kept full signatures; their sketches equal version 2's (b-bit)."""
+    signatures = np.random.default_rng(3).integers(0, 2**32, (3, 8), dtype=np.uint32)
+    common = {"id": ["a", "b", "c"], "exact_hi": pa.array([1, 2, 3], pa.uint64()),
+              "exact_lo": pa.array([4, 5, 6], pa.uint64()), "has_shingles": [True] * 3,
+              "band_keys": fixed_size_list(band_keys(signatures, 2, 4), pa.uint64())}
+    version_1 = pa.table(common | {"signature": fixed_size_list(signatures, pa.uint32())})
+    version_2 = pa.table(common | {"bits": fixed_size_list(low_bits(signatures), pa.uint8())})
+    assert index_sketches(version_1).equals(index_sketches(version_2))
+    assert index_sketches(version_2).column("bits").to_pylist()[0] == list(signatures[0] & 255)
+
+
 # --- survivors ------------------------------------------------------------------------------------
 
 def test_survivor_is_quality_then_length_then_id():
@@ -185,8 +198,9 @@ def test_survivor_is_quality_then_length_then_id():
         batch=np.zeros(n, np.uint64), row=np.arange(n, dtype=np.int32), old=np.zeros(n, bool),
         quality=[0.1, 0.9, 0.9, 0.9, -np.inf], length=[100, 50, 80, 80, 500],
         exact_hi=np.zeros(n, np.uint64), exact_lo=np.arange(n, dtype=np.uint64),
-        signatures=np.zeros((n, 4), np.uint32), has_shingles=np.ones(n, bool))
-    clustered = sketches.drop_columns(["signature", "has_shingles"]).append_column(
+        keys=np.zeros((n, 2), np.uint64), bits=np.zeros((n, 4), np.uint8),
+        has_shingles=np.ones(n, bool))
+    clustered = sketches.drop_columns(["band_keys", "bits", "has_shingles"]).append_column(
         "exact_rep", pa.array(np.ones(n, bool))).append_column(
         "component", pa.array(np.full(n, 10), pa.uint64()))
     outputs = {}

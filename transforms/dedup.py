@@ -40,7 +40,7 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 from transforms.accounting import Rejects, count, record_max
 from transforms.config import config_dataclass, local_workers
 from transforms.connected_components import ConnectedComponents, edge_table, node_keys
-from transforms.dedup_index import ReadIndex, index_schema, open_index, signature_array
+from transforms.dedup_index import ReadIndex, index_schema, open_index
 from transforms.dedup_shuffle import (CoShuffle, Shuffle, column, gather, scatter, stash,
                                       write_arrow)
 from transforms.documents import ID, SOURCE, TEXT
@@ -184,6 +184,7 @@ class SketchFn(beam.DoFn):
     def setup(self):
         self.shingling = Shingling(self.config.ngram, self.config.shingle)
         self.hasher = MinHasher(self.config.num_perm, self.config.seed)
+        self.bands, self.rows = self.config.band_rows()
         self.progress = Progress("dedup")
 
     def process(self, batch):
@@ -202,7 +203,8 @@ class SketchFn(beam.DoFn):
             row=np.arange(batch.num_rows, dtype=np.int32), old=np.zeros(batch.num_rows, bool),
             quality=quality_scores(batch, self.config.quality_column),
             length=pc.utf8_length(texts.fill_null("")).to_numpy(zero_copy_only=False),
-            exact_hi=hi, exact_lo=lo, signatures=signatures, has_shingles=np.diff(offsets) > 0)
+            exact_hi=hi, exact_lo=lo, keys=band_keys(signatures, self.bands, self.rows),
+            bits=low_bits(signatures), has_shingles=np.diff(offsets) > 0)
 
 
 def spill(batch: pa.RecordBatch, directory: str, key: int) -> str:
@@ -215,15 +217,17 @@ def read_spilled(path: str) -> pa.RecordBatch:
         return pa.ipc.open_stream(handle.read()).read_next_batch()
 
 
-def sketch_table(node, ids, batch, row, old, quality, length, exact_hi, exact_lo, signatures,
+def sketch_table(node, ids, batch, row, old, quality, length, exact_hi, exact_lo, keys, bits,
                  has_shingles) -> pa.Table:
+    """One row per document: what the exact step, the band shuffle (band keys and b-bit
+    signature, computed per batch) and the survivor choice need; not the full signature."""
     return pa.table({
         "node": pa.array(node, pa.uint64()), ID: pa.array(ids, pa.string()),
         "batch": pa.array(batch, pa.uint64()), "row": pa.array(row, pa.int32()),
         "old": pa.array(old, pa.bool_()), "quality": pa.array(quality, pa.float64()),
         "length": pa.array(length, pa.int64()), "exact_hi": pa.array(exact_hi, pa.uint64()),
         "exact_lo": pa.array(exact_lo, pa.uint64()),
-        "signature": signature_array(signatures),
+        "band_keys": fixed_size_list(keys, pa.uint64()), "bits": fixed_size_list(bits, pa.uint8()),
         "has_shingles": pa.array(has_shingles, pa.bool_()),
     })
 
@@ -239,12 +243,21 @@ def index_sketches(index: pa.Table) -> pa.Table:
         node=fmix64(salted), ids=ids, batch=np.zeros(n, np.uint64), row=np.full(n, -1, np.int32),
         old=np.ones(n, bool), quality=np.full(n, np.inf), length=np.zeros(n, np.int64),
         exact_hi=column(index, "exact_hi"), exact_lo=column(index, "exact_lo"),
-        signatures=signatures_of(index), has_shingles=column(index, "has_shingles"))
+        keys=signatures_of(index, "band_keys"),
+        bits=(signatures_of(index, "bits") if "bits" in index.column_names  # version 1: full
+              else low_bits(signatures_of(index))),
+        has_shingles=column(index, "has_shingles"))
 
 
 def signatures_of(table: pa.Table, name: str = "signature") -> np.ndarray:
+    """A fixed-size list column as a (rows x list size) matrix."""
     sig = table.column(name).combine_chunks()
     return sig.flatten().to_numpy().reshape(len(sig), sig.type.list_size)
+
+
+def fixed_size_list(matrix: np.ndarray, value_type: pa.DataType) -> pa.FixedSizeListArray:
+    """A (rows x k) matrix as a fixed-size list column (`signatures_of` reads it back)."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel(), value_type), matrix.shape[1])
 
 
 # --- 2. exact -----------------------------------------------------------------------------------
@@ -276,14 +289,14 @@ def exact_groups(sketches: pa.Table):
     count("dedup.exact_edges", int(members.sum()))
     yield beam.pvalue.TaggedOutput(_EDGES, edge_table(node[members], best[members]))
     table = table.append_column("exact_rep", pa.array(starts))
-    yield beam.pvalue.TaggedOutput(_ATTRIBUTES, table.drop_columns(["signature", "has_shingles"]))
+    yield beam.pvalue.TaggedOutput(_ATTRIBUTES,
+                                   table.drop_columns(["band_keys", "bits", "has_shingles"]))
     yield beam.pvalue.TaggedOutput(_REPRESENTATIVES, table.filter(pa.array(starts)))
 
 
 # --- 3. near: LSH buckets with verified edges ----------------------------------------------------
 
-def band_pieces(representatives: pa.Table, bands: int, rows: int, partitions: int,
-                spill_dir: Optional[str] = None):
+def band_pieces(representatives: pa.Table, partitions: int, spill_dir: Optional[str] = None):
     """(partition, (band rows, node rows)) for the band shuffle. Band rows are (band key, node),
     one per document and band; node rows carry what verification needs (old flag, content
     order, the b-bit signature: a quarter of the full signature's bytes) once per document and
@@ -291,12 +304,10 @@ def band_pieces(representatives: pa.Table, bands: int, rows: int, partitions: in
     table = representatives.filter(representatives.column("has_shingles"))
     if not table.num_rows:
         return
-    signatures = signatures_of(table)
-    keys = band_keys(signatures, bands, rows).ravel()
-    document = np.repeat(np.arange(table.num_rows), bands)
-    bits = pa.FixedSizeListArray.from_arrays(pa.array(low_bits(signatures).ravel(), pa.uint8()),
-                                             signatures.shape[1])
-    nodes = table.select(["node", "old", "exact_hi"]).append_column("bits", bits)
+    keys = signatures_of(table, "band_keys")
+    document = np.repeat(np.arange(table.num_rows), keys.shape[1])
+    keys = keys.ravel()
+    nodes = table.select(["node", "old", "exact_hi", "bits"])
     band_rows = pa.table({"band_key": pa.array(keys, pa.uint64()),
                           "node": table.column("node").take(pa.array(document)),
                           "document": pa.array(document)})
@@ -491,15 +502,11 @@ def _drop_decided(parts: dict) -> list[pa.Table]:
     return [sketches] if sketches.num_rows else []
 
 
-def index_rows(sketches: pa.Table, bands: int, rows: int) -> pa.Table:
+def index_rows(sketches: pa.Table) -> pa.Table:
     """The persisted form of survivors' sketches (`dedup_index`)."""
-    signatures = signatures_of(sketches)
-    keys = band_keys(signatures, bands, rows)
-    return pa.table([
-        sketches.column(ID), sketches.column("exact_hi"), sketches.column("exact_lo"),
-        signature_array(signatures), sketches.column("has_shingles"),
-        pa.FixedSizeListArray.from_arrays(pa.array(keys.ravel(), pa.uint64()), bands),
-    ], schema=index_schema(signatures.shape[1], bands))
+    keys, bits = sketches.schema.field("band_keys").type, sketches.schema.field("bits").type
+    return sketches.select([field.name for field in index_schema(bits.list_size, keys.list_size)]
+                           ).cast(index_schema(bits.list_size, keys.list_size))
 
 
 class Dedup(Stage):
@@ -509,7 +516,6 @@ class Dedup(Stage):
 
     def expand(self, documents):
         config = self.config
-        bands, rows = config.band_rows()
         verify_threshold = config.edge_threshold()
         options = documents.pipeline.options
         partitions = config.shuffle_partitions(options)
@@ -536,7 +542,7 @@ class Dedup(Stage):
         edges = [exact[_EDGES]]
         if config.near:
             near = (exact[_REPRESENTATIVES]
-                    | "Bands" >> beam.FlatMap(band_pieces, bands, rows, partitions, shuffle_dir)
+                    | "Bands" >> beam.FlatMap(band_pieces, partitions, shuffle_dir)
                     | "BandGroup" >> beam.GroupByKey()
                     | "Verify" >> beam.MapTuple(lambda _, pieces: verified_edges(
                         gather_bands(pieces), config, verify_threshold)))
@@ -560,7 +566,7 @@ class Dedup(Stage):
                                                          "decisions": node_keys}, partitions,
                                                         shuffle_dir)
                       | "KeepSurvivors" >> beam.FlatMap(_drop_decided)
-                      | "IndexRows" >> beam.Map(index_rows, bands, rows))
+                      | "IndexRows" >> beam.Map(index_rows))
             if self.context is not None:
                 (update
                  | "IndexBatches" >> beam.FlatMap(_record_batches)
