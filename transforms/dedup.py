@@ -1,7 +1,8 @@
 """The `dedup` stage: exact, then near-duplicate removal with verified MinHash LSH.
 
 1. Sketch: every document gets a node id, an exact key (xxh3-128 of its lowercased `\\w+` tokens
-   joined by spaces; the stripped text when it has none) and a MinHash signature (`minhash`).
+   joined by spaces; the stripped text when it has none) and a MinHash signature (`minhash`),
+   kept as its LSH band keys and b-bit signature: all the later steps need.
 2. Exact: documents sharing an exact key are linked to the group's best document.
 3. Near: the best document of each exact group is bucketed by LSH band keys (Broder 1997;
    Leskovec et al., "Mining of Massive Datasets" ch. 3). Candidate pairs are verified by their
@@ -244,8 +245,8 @@ def index_sketches(index: pa.Table) -> pa.Table:
         old=np.ones(n, bool), quality=np.full(n, np.inf), length=np.zeros(n, np.int64),
         exact_hi=column(index, "exact_hi"), exact_lo=column(index, "exact_lo"),
         keys=signatures_of(index, "band_keys"),
-        bits=(signatures_of(index, "bits") if "bits" in index.column_names  # version 1: full
-              else low_bits(signatures_of(index))),
+        bits=(signatures_of(index, "bits") if "bits" in index.column_names
+              else low_bits(signatures_of(index))),  # a version 1 shard: full signatures
         has_shingles=column(index, "has_shingles"))
 
 
@@ -504,9 +505,9 @@ def _drop_decided(parts: dict) -> list[pa.Table]:
 
 def index_rows(sketches: pa.Table) -> pa.Table:
     """The persisted form of survivors' sketches (`dedup_index`)."""
-    keys, bits = sketches.schema.field("band_keys").type, sketches.schema.field("bits").type
-    return sketches.select([field.name for field in index_schema(bits.list_size, keys.list_size)]
-                           ).cast(index_schema(bits.list_size, keys.list_size))
+    schema = index_schema(sketches.schema.field("bits").type.list_size,
+                          sketches.schema.field("band_keys").type.list_size)
+    return sketches.select(schema.names).cast(schema)
 
 
 class Dedup(Stage):
