@@ -588,13 +588,15 @@ def _record_batches(table: pa.Table) -> list[pa.RecordBatch]:
 
 
 def _by_batch(decisions: pa.Table):
+    """(batch key, that batch's decisions), each its own compact table: a pickled slice would
+    carry the whole partition's buffers, once per batch."""
     if not decisions.num_rows:
         return
     batches = column(decisions, "batch")
     order = np.argsort(batches, kind="stable")
-    table = decisions.take(pa.array(order))
-    batches = batches[order]
-    starts = np.flatnonzero(_group_starts(batches))
-    ends = np.r_[starts[1:], len(batches)]
+    table = decisions.select(["row", "reason", "cluster_id"])
+    sorted_batches = batches[order]
+    starts = np.flatnonzero(_group_starts(sorted_batches))
+    ends = np.r_[starts[1:], len(sorted_batches)]
     for lo, hi in zip(starts, ends):
-        yield int(batches[lo]), table.slice(lo, hi - lo).select(["row", "reason", "cluster_id"])
+        yield int(sorted_batches[lo]), table.take(pa.array(order[lo:hi]))
