@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from transforms.accounting import run_stats, summary
-from transforms.config import ConfigError, config_dataclass, parse, to_dict
+from transforms.config import ConfigError, config_dataclass, is_local, parse, to_dict
 from transforms.ingest import IngestConfig, InputSpec, ReadDocuments
 from transforms.sink import SinkConfig, finalize_output, read_shard_index
 from transforms.stage import JobContext, build_stage
@@ -114,8 +114,7 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
         # stages pass Arrow batches typed Any: Beam's construction-time type inference checks
         # nothing here and costs ~0.5 s of every job's start (`--pipeline_type_check` restores it)
         options.view_as(TypeOptions).pipeline_type_check = False
-    runner_name = options.view_as(StandardOptions).runner
-    if runner_name is None or runner_name in ("FnApiRunner", "DirectRunner"):
+    if is_local(options):
         direct = options.view_as(DirectOptions)
         given = " ".join(beam_args)
         if "--direct_num_workers" not in given:
@@ -124,14 +123,10 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
             direct.direct_running_mode = "multi_processing"
         return options, FnApiRunner()
     setup = options.view_as(SetupOptions)
-    if setup.setup_file is None and runner_name == "DataflowRunner":
+    if setup.setup_file is None and options.view_as(StandardOptions).runner == "DataflowRunner":
         setup.setup_file = os.path.join(os.path.dirname(os.path.dirname(
             os.path.abspath(__file__))), "setup.py")
     return options, None
-
-
-def is_local(options: PipelineOptions) -> bool:
-    return options.view_as(StandardOptions).runner in (None, "FnApiRunner", "DirectRunner")
 
 
 # --- the job ------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ import json
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.job import is_local, load_config, run_job, set_dotted
-from transforms.config import ConfigError
+from pipelines.job import load_config, run_job, set_dotted
+from transforms.config import ConfigError, is_local
 
 DEFAULT_CONFIG = "configs/rephrase.yaml"
 

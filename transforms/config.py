@@ -55,10 +55,16 @@ def to_dict(config: Any) -> Any:
     return config
 
 
+def is_local(options) -> bool:
+    """Whether the job runs on Beam's local runner (the FnApiRunner Sluice pins)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    return options.view_as(StandardOptions).runner in (None, "FnApiRunner", "DirectRunner")
+
+
 def local_workers(options) -> int | None:
     """The local runner's worker processes, or None on a remote runner (Dataflow, Flink...),
     where the stages size their work for a cluster instead."""
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
-    if options.view_as(StandardOptions).runner not in (None, "FnApiRunner", "DirectRunner"):
+    from apache_beam.options.pipeline_options import DirectOptions
+    if not is_local(options):
         return None
     return options.view_as(DirectOptions).direct_num_workers or 1
