@@ -39,7 +39,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 
 from transforms.accounting import Rejects, count, record_max
-from transforms.config import config_dataclass, local_workers
+from transforms.config import config_dataclass, is_local, local_workers
 from transforms.connected_components import ConnectedComponents, edge_table, node_keys
 from transforms.dedup_index import ReadIndex, index_schema, open_index
 from transforms.dedup_shuffle import (CoShuffle, Shuffle, column, gather, scatter, stash,
@@ -523,7 +523,7 @@ class Dedup(Stage):
         spill_dir = (FileSystems.join(self.context.staging_dir, f"spill-{uuid.uuid4().hex}")
                      if self.context is not None else tempfile.mkdtemp(prefix="sluice-dedup-"))
         # the local runner holds shuffled elements in its own memory: shuffle paths there
-        shuffle_dir = spill_dir if local_workers(options) is not None else None
+        shuffle_dir = spill_dir if is_local(options) else None
         sketched = documents | "Sketch" >> beam.ParDo(SketchFn(config, spill_dir)).with_outputs(
             _SPILLED, main="sketches")
         sketches = sketched.sketches
