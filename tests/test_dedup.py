@@ -19,7 +19,7 @@ from scipy.sparse.csgraph import connected_components
 from pipelines.cli import main as cli
 from pipelines.job import run_job
 from tests.conftest import test_pipeline
-from transforms import dedup_eval
+from transforms import dedup_eval, minhash
 from transforms.config import ConfigError, parse
 from transforms.connected_components import ConnectedComponents, edge_table
 from transforms.dedup import (DedupConfig, choose_survivors, fixed_size_list, index_sketches,
@@ -40,7 +40,11 @@ def _write_jsonl(path, docs):
 
 # --- MinHash --------------------------------------------------------------------------------------
 
-def test_shingles_and_signatures_match_the_definition_and_datasketch(shared_data):
+@pytest.mark.parametrize("shingles_per_chunk", [None, 97])  # 97: documents span chunks
+def test_shingles_and_signatures_match_the_definition_and_datasketch(shared_data, monkeypatch,
+                                                                     shingles_per_chunk):
+    if shingles_per_chunk:
+        monkeypatch.setattr(minhash, "_CHUNK_ELEMENTS", 64 * shingles_per_chunk)
     docs = dedup_eval.wiki_documents(shared_data / "wiki_versions", articles=5)
     texts = [d["text"] for d in docs] + ["", "   ", "Word!", "two words", "!!!", "a b c d e"]
     shingling = Shingling(ngram=5)
