@@ -44,5 +44,5 @@ setup(
         "bench": ["psutil>=5.9", "openai==3.54.0", "rensa==0.5.0"],
     },
     package_data={"transforms": ["data/*"]},
-    entry_points={"console_scripts": ["sluice=pipelines.cli:main"]},
+    entry_points={"console_scripts": ["sluice=pipelines.cli:console"]},
 )

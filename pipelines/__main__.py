@@ -1,5 +1,3 @@
-import sys
+from pipelines.cli import console
 
-from pipelines.cli import main
-
-sys.exit(main())
+console()

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 
+from pipelines.worker import exit_now
 from transforms.config import ConfigError
 
 # Subcommand -> the module that registers it (`register(subparsers)`), in help order. Only the
@@ -46,5 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def console() -> None:
+    """The `sluice` command: `main`, then an exit without interpreter teardown (~1 s with Beam's
+    ~3,000 modules loaded), as the local workers do. Every output is written and closed by then;
+    an exception still leaves the normal way."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

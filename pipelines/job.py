@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import uuid
 from dataclasses import field
 from typing import Any, Optional
@@ -22,6 +23,7 @@ import yaml
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions, TestOptions, TypeOptions)
+from apache_beam.portability import python_urns
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from transforms.accounting import run_stats, summary
@@ -106,8 +108,23 @@ def code_version() -> dict:
 
 # --- runner -------------------------------------------------------------------------------------
 
+class LocalRunner(FnApiRunner):
+    """Beam's FnApiRunner whose worker processes run `pipelines.worker`: the same SDK harness,
+    without the interpreter teardown the runner would wait for at the end of every job."""
+
+    BEAM_WORKER = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
+    WORKER = f"{sys.executable} -m pipelines.worker"
+
+    def run_via_runner_api(self, pipeline_proto, options):
+        for environment in pipeline_proto.components.environments.values():
+            if (environment.urn == python_urns.SUBPROCESS_SDK
+                    and environment.payload == self.BEAM_WORKER.encode()):
+                environment.payload = self.WORKER.encode()
+        return super().run_via_runner_api(pipeline_proto, options)
+
+
 def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
-    """Options and runner: FnApiRunner over all cores unless `--runner` is given; no
+    """Options and runner: LocalRunner over all cores unless `--runner` is given; no
     construction-time type check unless asked for."""
     options = PipelineOptions(beam_args)
     if not any("pipeline_type_check" in arg for arg in beam_args):
@@ -121,7 +138,7 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
             direct.direct_num_workers = os.cpu_count() or 1
         if "--direct_running_mode" not in given and direct.direct_num_workers > 1:
             direct.direct_running_mode = "multi_processing"
-        return options, FnApiRunner()
+        return options, LocalRunner()
     setup = options.view_as(SetupOptions)
     if setup.setup_file is None and options.view_as(StandardOptions).runner == "DataflowRunner":
         setup.setup_file = os.path.join(os.path.dirname(os.path.dirname(

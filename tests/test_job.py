@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.job import load_config, pipeline_options, run_job
 from tests.conftest import REPO
@@ -137,11 +140,20 @@ def test_overrides_from_the_command_line(tmp_path):
 
 def test_local_runner_is_pinned_to_fn_api_multiprocessing():
     options, runner = pipeline_options([])
-    assert type(runner).__name__ == "FnApiRunner"
+    assert isinstance(runner, FnApiRunner)
     direct = options.get_all_options()
     assert direct["direct_num_workers"] == (os.cpu_count() or 1)
     if direct["direct_num_workers"] > 1:
         assert direct["direct_running_mode"] == "multi_processing"
+
+
+def test_local_workers_run_the_sluice_worker_entry():
+    """Worker processes run `pipelines.worker` (Beam's harness, then no interpreter teardown)."""
+    options, runner = pipeline_options(["--direct_num_workers=2"])
+    with beam.Pipeline(runner=runner, options=options) as pipeline:
+        entries = (pipeline | beam.Create(range(8))
+                   | beam.Map(lambda _: sys.modules["__main__"].__spec__.name) | beam.Distinct())
+        assert_that(entries, equal_to(["pipelines.worker"]))
 
 
 def test_dataflow_job_builds_offline(monkeypatch):
