@@ -46,7 +46,9 @@ def test_shingles_and_signatures_match_the_definition_and_datasketch(shared_data
     if shingles_per_chunk:
         monkeypatch.setattr(minhash, "_CHUNK_ELEMENTS", 64 * shingles_per_chunk)
     docs = dedup_eval.wiki_documents(shared_data / "wiki_versions", articles=5)
-    texts = [d["text"] for d in docs] + ["", "   ", "Word!", "two words", "!!!", "a b c d e"]
+    texts = [d["text"] for d in docs] + ["", "   ", "Word!", "two words", "!!!", "a b c d e",
+                                         "naïve café—test ÀB’c", "x\u00a0y\u2003z —lead trail—",
+                                         "__init__ 3.14 a_b\x00c\td", "日本語のテキスト、です。"]
     shingling = Shingling(ngram=5)
     tokens = shingling.tokens(pa.array(texts))
     for text, got in zip(texts, tokens.to_pylist()):
