@@ -67,12 +67,15 @@ class _HashingFile:
 
 
 def shard_stats(table: pa.Table) -> dict:
-    """Rows, characters, whitespace tokens and per-source docs/tokens of one shard's rows."""
+    """Rows, characters, (ASCII) whitespace tokens and per-source docs/tokens of one shard's
+    rows."""
     stats = {"rows": table.num_rows, "chars": 0, "tokens": 0, "sources": {}}
     if TEXT not in table.column_names or not table.num_rows:
         return stats
     text = table.column(TEXT)
-    tokens = pc.count_substring_regex(text, r"\S+")
+    trimmed = pc.ascii_trim_whitespace(text)  # split and trim are ~5x a `\S+` regex count
+    tokens = pc.subtract(pc.list_value_length(pc.ascii_split_whitespace(trimmed)),
+                         pc.cast(pc.equal(pc.binary_length(trimmed), 0), pa.int32()))
     stats["chars"] = int(pc.sum(pc.utf8_length(text)).as_py() or 0)
     stats["tokens"] = int(pc.sum(tokens).as_py() or 0)
     if SOURCE in table.column_names:
