@@ -62,17 +62,14 @@ def choose_bands(threshold: float, num_perm: int, false_positive_weight: float =
     (the S-curve below the threshold) and false negatives (one minus it above), as in
     Leskovec, Rajaraman & Ullman, "Mining of Massive Datasets" ch. 3 and datasketch's MinHashLSH.
     """
+    bands, rows = np.array([(b, r) for b in range(1, num_perm + 1)
+                            for r in range(1, num_perm // b + 1)]).T[:, :, None]
     below = np.linspace(0.0, threshold, 513)
     above = np.linspace(threshold, 1.0, 513)
-    best, best_error = (1, 1), np.inf
-    for bands in range(1, num_perm + 1):
-        for rows in range(1, num_perm // bands + 1):
-            fp = np.trapezoid(candidate_probability(below, bands, rows), below)
-            fn = np.trapezoid(1.0 - candidate_probability(above, bands, rows), above)
-            error = false_positive_weight * fp + false_negative_weight * fn
-            if error < best_error:
-                best, best_error = (bands, rows), error
-    return best
+    fp = np.trapezoid(candidate_probability(below, bands, rows), below, axis=-1)
+    fn = np.trapezoid(1.0 - candidate_probability(above, bands, rows), above, axis=-1)
+    best = np.argmin(false_positive_weight * fp + false_negative_weight * fn)  # first minimum
+    return int(bands[best, 0]), int(rows[best, 0])
 
 
 @dataclass(frozen=True)
