@@ -24,7 +24,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
-from datasketch import MinHash
 
 # Separators between tokens: the complement of Python's Unicode `\w` ([\p{L}\p{N}_]) in RE2.
 TOKEN_SEPARATOR = r"[^\p{L}\p{N}_]+"
@@ -200,6 +199,10 @@ class MinHasher:
 
     @cached_property
     def permutations(self) -> tuple[np.ndarray, np.ndarray]:
+        # imported here: the datasketch package pulls in scipy.optimize (~0.4 s), which a job's
+        # driver never needs
+        from datasketch import MinHash
+
         a, b = MinHash(num_perm=self.num_perm, seed=self.seed).permutations
         return a.astype(np.uint32), b.astype(np.uint32)
 
