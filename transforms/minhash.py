@@ -88,20 +88,23 @@ class Shingling:
         pieces = pc.ascii_split_whitespace(_ascii_separators_to_spaces(
             pc.utf8_lower(texts.fill_null(""))))
         flat = pieces.flatten()
-        counts = np.asarray(pc.binary_length(flat), dtype=np.int64).clip(max=1)  # drop "" pieces
-        starts = np.arange(len(flat))
+        # int32 positions: a batch holds far fewer than 2^31 pieces, and these arrays are its
+        # largest temporaries
+        counts = np.asarray(pc.binary_length(flat), dtype=np.int32).clip(max=1)  # drop "" pieces
+        starts = np.arange(len(flat), dtype=np.int32)
         source = flat
         wide = np.flatnonzero(~np.asarray(pc.string_is_ascii(flat), dtype=bool))
         if len(wide):
             parts = pc.split_pattern_regex(flat.take(wide), TOKEN_SEPARATOR)
             words = parts.flatten()
-            is_word = np.asarray(pc.binary_length(words), dtype=np.int64) > 0
+            is_word = np.asarray(pc.binary_length(words), dtype=np.int32) > 0
             counts[wide] = _segment_sum(is_word, _list_offsets(parts))
             starts[wide] = len(flat) + np.cumsum(counts[wide]) - counts[wide]
             source = pa.concat_arrays([flat, words.filter(pa.array(is_word))])
-        ends = np.cumsum(counts)
-        values = source.take(np.repeat(starts - (ends - counts), counts)
-                             + np.arange(ends[-1] if len(ends) else 0))
+        ends = np.cumsum(counts, dtype=np.int32)
+        index = np.repeat(starts - (ends - counts), counts)
+        index += np.arange(len(index), dtype=np.int32)
+        values = source.take(index)
         lengths = _segment_sum(counts, _list_offsets(pieces))
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
         return pa.ListArray.from_arrays(pa.array(offsets), values)
