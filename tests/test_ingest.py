@@ -112,6 +112,24 @@ def test_real_common_crawl_warc_and_wet(shared_data):
     assert wet[0]["warc_language"] == "spa" and "Escopete" in wet[0]["text"]
 
 
+def test_warc_records_fastwarc_cannot_frame_are_failures_not_lost(shared_data, tmp_path):
+    """A WET whose line endings became LF, and a WARC cut short, are dead-lettered and counted:
+    fastwarc alone yields nothing for the first and a short body for the last record of the
+    second."""
+    web = shared_data / "web_samples"
+    lf_only = tmp_path / "lf.warc.wet"
+    lf_only.write_bytes((web / "cc_net/tests/data/sample.warc.txt").read_bytes())
+    warc = gzip.decompress((web / "resiliparse/tests/data/warcfile.warc.gz").read_bytes())
+    (tmp_path / "cut.warc").write_bytes(warc[:len(warc) - 3000])
+    docs, rejects = read([InputSpec(path=str(lf_only)), InputSpec(path=str(tmp_path / "cut.warc"))],
+                         IngestConfig())
+    reasons = [r["reason"] for r in rejects]
+    assert reasons.count("malformed_warc") == 1 and reasons.count("truncated_record") == 1
+    assert "CRLF" in next(r["detail"] for r in rejects if r["reason"] == "malformed_warc")
+    whole = [r for r in read_warc(str(web / "resiliparse/tests/data/warcfile.warc.gz"))]
+    assert len(docs) + len(rejects) == len(whole) + 1  # the cut record fails, the LF file once
+
+
 def test_wget_warcs_through_beam(shared_data):
     docs, rejects = read([InputSpec(path=str(shared_data / "web_samples/dolma/tests/data/warc/*.warc.gz"),
                                     source="crawl")], IngestConfig())
