@@ -3,7 +3,8 @@
 
 Runs a job whose only stage is `dedup` (transforms/dedup.py), so the outputs are the usual ones
 (documents, dead_letter, manifest.json, stats.json) plus `clusters/`. With `--update-index` the
-survivors are added to the index after the job succeeded (transforms/dedup_index.py).
+survivors are added to the index after the job succeeded (transforms/dedup_index.py); a `sluice
+run` job with a dedup stage that sets `write_index` does the same (`commit_index_update`).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.job import load_config, run_job, set_dotted
 from transforms import dedup_index
-from transforms.config import ConfigError, parse
+from transforms.config import parse
 from transforms.dedup import DedupConfig
 
 
@@ -45,8 +46,6 @@ def _stage_params(args) -> dict:
     if args.no_verify:
         params["verify"] = False
     if args.update_index:
-        if not args.index:
-            raise ConfigError("--update-index needs --index DIR")
         params["write_index"] = True
     return params
 
@@ -57,10 +56,20 @@ def _run(args) -> int:
     for assignment in args.set:
         set_dotted(data, assignment)
     run_job(data, args.beam_args)
-    config = parse(DedupConfig, data["stages"][0]["dedup"])
-    if config.write_index:
-        added = dedup_index.commit(FileSystems.join(data["output"], "index_update"),
-                                   config.index, config.sketch_params())
-        print(f"sluice: added {added['documents']:,} documents to the index at {config.index} "
-              f"({added['total_shards']} shards)")
+    commit_index_update(data)
     return 0
+
+
+def commit_index_update(data: dict, log=print) -> None:
+    """After a job succeeded: add the survivors its dedup stage wrote to `OUTPUT/index_update`
+    to the stage's index, if the stage sets `write_index` (one stage at most can: the output
+    is written once)."""
+    for index, entry in enumerate(data.get("stages") or []):
+        if "dedup" not in entry:
+            continue
+        config = parse(DedupConfig, entry["dedup"], where=f"stages.{index}.dedup")
+        if config.write_index:
+            added = dedup_index.commit(FileSystems.join(data["output"], "index_update"),
+                                       config.index, config.sketch_params())
+            log(f"sluice: added {added['documents']:,} documents to the index at {config.index} "
+                f"({added['total_shards']} shards)")

@@ -16,5 +16,10 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    run_job(load_config(args.config, args.input, args.output, args.set), args.beam_args)
+    data = load_config(args.config, args.input, args.output, args.set)
+    run_job(data, args.beam_args)
+    if any("dedup" in stage for stage in data.get("stages") or []):
+        from pipelines.dedup import commit_index_update  # scipy and datasketch: dedup jobs only
+
+        commit_index_update(data)
     return 0

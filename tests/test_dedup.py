@@ -277,7 +277,20 @@ def test_dedup_on_real_revisions_meets_the_quality_bar(shared_data, tmp_path):
 
 # --- the incremental index ------------------------------------------------------------------------
 
-def test_incremental_index_across_two_runs(shared_data, tmp_path):
+def _dedup_with_index(command: str, inputs: str, output: str, index: str, tmp_path) -> int:
+    """`sluice dedup --index --update-index`, or `sluice run` on a config whose dedup stage sets
+    `index` and `write_index`."""
+    if command == "dedup":
+        return cli(["dedup", inputs, "--output", output, "--index", index, "--update-index",
+                    *SMALL_RUN_ARGS, *ONE_WORKER])
+    config = tmp_path / "dedup-index.yaml"
+    config.write_text(json.dumps({"stages": [{"dedup": {"index": index, "write_index": True,
+                                                        **SMALL_RUN}}]}))
+    return cli(["run", str(config), "--input", inputs, "--output", output, *ONE_WORKER])
+
+
+@pytest.mark.parametrize("command", ["dedup", "run"])
+def test_incremental_index_across_two_runs(shared_data, tmp_path, command):
     docs = dedup_eval.wiki_documents(shared_data / "wiki_versions", articles=14)
     old_articles = sorted({d["id"].rsplit("/", 1)[0] for d in docs})[:10]
     first = [d for d in docs if d["id"].rsplit("/", 1)[0] in old_articles]
@@ -290,14 +303,14 @@ def test_incremental_index_across_two_runs(shared_data, tmp_path):
     _write_jsonl(tmp_path / "second.jsonl", snapshot)
     index = tmp_path / "index"
 
-    assert cli(["dedup", str(tmp_path / "first.jsonl"), "--output", str(tmp_path / "one"),
-                "--index", str(index), "--update-index", *SMALL_RUN_ARGS, *ONE_WORKER]) == 0
+    assert _dedup_with_index(command, str(tmp_path / "first.jsonl"), str(tmp_path / "one"),
+                             str(index), tmp_path) == 0
     manifest = json.loads((index / "index.json").read_text())
     one_kept = json.loads((tmp_path / "one" / "stats.json").read_text())["kept"]
     assert manifest["updates"][0]["documents"] == one_kept
 
-    assert cli(["dedup", str(tmp_path / "second.jsonl"), "--output", str(tmp_path / "two"),
-                "--index", str(index), "--update-index", *SMALL_RUN_ARGS, *ONE_WORKER]) == 0
+    assert _dedup_with_index(command, str(tmp_path / "second.jsonl"), str(tmp_path / "two"),
+                             str(index), tmp_path) == 0
     stats = json.loads((tmp_path / "two" / "stats.json").read_text())
     rejects = read_output(str(tmp_path / "two" / "dead_letter")).to_pydict()
     reasons = dict(zip(rejects["id"], rejects["reason"]))
@@ -318,3 +331,7 @@ def test_incremental_index_across_two_runs(shared_data, tmp_path):
         run_job({"input": [{"path": str(tmp_path / "second.jsonl")}],
                  "output": str(tmp_path / "three"),
                  "stages": [{"dedup": {"index": str(index), "num_perm": 64}}]}, ONE_WORKER)
+    with pytest.raises(ConfigError, match="needs index"):  # nowhere to add the survivors
+        run_job({"input": [{"path": str(tmp_path / "second.jsonl")}],
+                 "output": str(tmp_path / "four"), "stages": [{"dedup": {"write_index": True}}]},
+                ONE_WORKER)

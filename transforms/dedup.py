@@ -81,7 +81,7 @@ class DedupConfig:
     cc_rounds: Optional[int] = None   # unrolled contraction rounds (`components_rounds`)
     partitions: Optional[int] = None  # shuffle partitions (`shuffle_partitions`)
     index: Optional[str] = None       # folder of a persisted index to dedup against
-    write_index: bool = False         # write the survivors' keys to output `index_update`
+    write_index: bool = False         # add the survivors to `index` once the job succeeded
 
     @model_validator(mode="after")
     def _check(self):
@@ -95,6 +95,8 @@ class DedupConfig:
         if self.ngram < 1 or self.num_perm < 1 or (self.partitions or 1) < 1 or (
                 self.cc_rounds or 1) < 1:
             raise ValueError("ngram, num_perm, partitions and cc_rounds must be positive")
+        if self.write_index and not self.index:
+            raise ValueError("write_index (--update-index) needs index (--index DIR)")
         return self
 
     def band_rows(self) -> tuple[int, int]:
