@@ -104,10 +104,10 @@ def evaluate(texts: list[str], labels: np.ndarray, folds: int, seed: int) -> dic
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    workdir = tempfile.mkdtemp(prefix="sluice-bench-")
     started = time.time()
     signals = heuristic_features(texts)
-    signals["wiki_log_perplexity"] = wikipedia_perplexity(texts, workdir)
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as workdir:
+        signals["wiki_log_perplexity"] = wikipedia_perplexity(texts, workdir)
     print(f"features: {len(signals)} unsupervised signals in {time.time() - started:.0f}s",
           file=sys.stderr)
     names = sorted(signals)
@@ -159,55 +159,55 @@ def throughput(texts: list[str], labels: np.ndarray, docs: int) -> dict:
     from pipelines.job import run_job
     from transforms.quality import QualityConfig, QualityFn
 
-    workdir = tempfile.mkdtemp(prefix="sluice-bench-")
-    model_path = os.path.join(workdir, "dclm.bin")
-    fasttext_quality.train(texts, hq_cc(labels), model_path)
-    corpus = [texts[i % len(texts)] for i in range(docs)]
-    corpus_path = os.path.join(workdir, "corpus.jsonl")
-    with open(corpus_path, "w", encoding="utf-8") as f:
-        for i, text in enumerate(corpus):
-            f.write(json.dumps({"id": str(i), "text": text}) + "\n")
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as workdir:
+        model_path = os.path.join(workdir, "dclm.bin")
+        fasttext_quality.train(texts, hq_cc(labels), model_path)
+        corpus = [texts[i % len(texts)] for i in range(docs)]
+        corpus_path = os.path.join(workdir, "corpus.jsonl")
+        with open(corpus_path, "w", encoding="utf-8") as f:
+            for i, text in enumerate(corpus):
+                f.write(json.dumps({"id": str(i), "text": text}) + "\n")
 
-    def ceiling() -> float:
-        """DCLM's own scoring loop: top label per text, P(hq) or its complement."""
-        model = fasttext_quality.load(model_path)
-        start = time.process_time()
-        for text in corpus:
-            top, probability = model.predict(text.replace("\n", " "))
-            _ = probability[0] if top[0] == "__label__hq" else 1 - probability[0]
-        return time.process_time() - start
+        def ceiling() -> float:
+            """DCLM's own scoring loop: top label per text, P(hq) or its complement."""
+            model = fasttext_quality.load(model_path)
+            start = time.process_time()
+            for text in corpus:
+                top, probability = model.predict(text.replace("\n", " "))
+                _ = probability[0] if top[0] == "__label__hq" else 1 - probability[0]
+            return time.process_time() - start
 
-    def dofn() -> float:
-        import pyarrow as pa
+        def dofn() -> float:
+            import pyarrow as pa
 
-        batches = [pa.RecordBatch.from_pydict({"id": [str(i) for i in range(s, s + 1000)],
-                                               "text": corpus[s: s + 1000]})
-                   for s in range(0, docs, 1000)]
-        fn = QualityFn(QualityConfig(model=model_path))
-        fn.setup()
-        start = time.process_time()
-        for batch in batches:
-            for _ in fn.process(batch):
-                pass
-        return time.process_time() - start
+            batches = [pa.RecordBatch.from_pydict({"id": [str(i) for i in range(s, s + 1000)],
+                                                   "text": corpus[s: s + 1000]})
+                       for s in range(0, docs, 1000)]
+            fn = QualityFn(QualityConfig(model=model_path))
+            fn.setup()
+            start = time.process_time()
+            for batch in batches:
+                for _ in fn.process(batch):
+                    pass
+            return time.process_time() - start
 
-    def job(stages: list[dict]) -> float:
-        start = time.process_time()  # one in-process worker: the runner's threads all count
-        run_job({"input": [{"path": corpus_path}], "output": os.path.join(workdir, "out"),
-                 "stages": stages}, ["--direct_num_workers", "1"], log=lambda *_: None)
-        return time.process_time() - start
+        def job(stages: list[dict]) -> float:
+            start = time.process_time()  # one in-process worker: the runner's threads all count
+            run_job({"input": [{"path": corpus_path}], "output": os.path.join(workdir, "out"),
+                     "stages": stages}, ["--direct_num_workers", "1"], log=lambda *_: None)
+            return time.process_time() - start
 
-    rounds: dict[str, list[float]] = {"ceiling": [], "dofn": [], "ingest_only": [], "job": []}
-    for _ in range(3):  # interleaved, best of 3: other jobs share these cores
-        rounds["ceiling"].append(ceiling())
-        rounds["dofn"].append(dofn())
-        rounds["ingest_only"].append(job([]))
-        rounds["job"].append(job([{"quality": {"model": model_path}}]))
-    best = {k: min(v) for k, v in rounds.items()}
-    return {"docs": docs, "mean_chars": float(np.mean([len(t) for t in corpus])),
-            "ceiling_docs_per_s": docs / best["ceiling"], "dofn_docs_per_s": docs / best["dofn"],
-            "job_docs_per_s": docs / best["job"],
-            "stage_in_job_docs_per_s": docs / max(best["job"] - best["ingest_only"], 1e-9)}
+        rounds: dict[str, list[float]] = {"ceiling": [], "dofn": [], "ingest_only": [], "job": []}
+        for _ in range(3):  # interleaved, best of 3: other jobs share these cores
+            rounds["ceiling"].append(ceiling())
+            rounds["dofn"].append(dofn())
+            rounds["ingest_only"].append(job([]))
+            rounds["job"].append(job([{"quality": {"model": model_path}}]))
+        best = {k: min(v) for k, v in rounds.items()}
+        return {"docs": docs, "mean_chars": float(np.mean([len(t) for t in corpus])),
+                "ceiling_docs_per_s": docs / best["ceiling"],
+                "dofn_docs_per_s": docs / best["dofn"], "job_docs_per_s": docs / best["job"],
+                "stage_in_job_docs_per_s": docs / max(best["job"] - best["ingest_only"], 1e-9)}
 
 
 def main() -> int:

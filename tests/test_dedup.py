@@ -4,12 +4,15 @@ all-pairs Jaccard, survivors, and the incremental index across two runs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
@@ -18,13 +21,14 @@ from scipy.sparse.csgraph import connected_components
 
 from pipelines.cli import main as cli
 from pipelines.job import run_job
-from tests.conftest import test_pipeline
+from tests.conftest import Collected, test_pipeline
 from transforms import dedup_eval, minhash
 from transforms.config import ConfigError, parse
 from transforms.connected_components import ConnectedComponents, edge_table
-from transforms.dedup import (DedupConfig, choose_survivors, fixed_size_list, index_sketches,
+from transforms.dedup import (Dedup, DedupConfig, choose_survivors, fixed_size_list, index_sketches,
                               sketch_table, verified_edges)
 from transforms.minhash import MinHasher, Shingling, band_keys, choose_bands, low_bits
+from transforms.documents import batch_from_rows
 from transforms.sink import read_output
 
 ONE_WORKER = ["--direct_num_workers=1"]
@@ -335,3 +339,21 @@ def test_incremental_index_across_two_runs(shared_data, tmp_path, command):
         run_job({"input": [{"path": str(tmp_path / "second.jsonl")}],
                  "output": str(tmp_path / "four"), "stages": [{"dedup": {"write_index": True}}]},
                 ONE_WORKER)
+
+
+def test_dedup_outside_a_job_spills_to_a_temporary_folder(tmp_path):
+    """Library use (no JobContext): a local run spills to a TemporaryDirectory owned by the
+    stage (removed with it), and a remote runner, whose workers could not reach it, is refused."""
+    text = "one of these three documents is kept and the other two are its exact copies"
+    docs = [{"id": f"copy{i}", "text": text} for i in range(3)] + [
+        {"id": "other", "text": "a different document with words of its own, kept as well"}]
+    pipeline = test_pipeline()
+    stage = Dedup(DedupConfig(partitions=2, cc_rounds=4))
+    kept, _ = pipeline | beam.Create([batch_from_rows(docs)]) | stage
+    collected = Collected(kept, "Kept")
+    pipeline.run()
+    assert sorted(row["id"] for row in collected.rows()) == ["copy0", "other"]
+    assert list(Path(stage._spill_folder.name).glob("*.arrow"))  # the spilled batch
+    remote = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(["--runner=FlinkRunner"]))
+    with pytest.raises(ConfigError, match="staging folder"):
+        remote | beam.Create([batch_from_rows(docs)]) | Dedup(DedupConfig())

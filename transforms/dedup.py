@@ -39,7 +39,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 
 from transforms.accounting import Rejects, count, record_max
-from transforms.config import config_dataclass, is_local, local_workers
+from transforms.config import ConfigError, config_dataclass, is_local, local_workers
 from transforms.connected_components import ConnectedComponents, edge_table, node_keys
 from transforms.dedup_index import ReadIndex, index_schema, open_index
 from transforms.dedup_shuffle import (CoShuffle, Shuffle, column, gather, scatter, stash,
@@ -522,8 +522,14 @@ class Dedup(Stage):
         verify_threshold = config.edge_threshold()
         options = documents.pipeline.options
         partitions = config.shuffle_partitions(options)
-        spill_dir = (FileSystems.join(self.context.staging_dir, f"spill-{uuid.uuid4().hex}")
-                     if self.context is not None else tempfile.mkdtemp(prefix="sluice-dedup-"))
+        if self.context is not None:  # a job's staging folder: removed when the job ends
+            spill_dir = FileSystems.join(self.context.staging_dir, f"spill-{uuid.uuid4().hex}")
+        elif is_local(options):  # outside a job (tests, library use): gone with this stage
+            self._spill_folder = tempfile.TemporaryDirectory(prefix="sluice-dedup-")
+            spill_dir = self._spill_folder.name
+        else:
+            raise ConfigError("dedup on a remote runner needs a job's staging folder, which its "
+                              "workers can reach: run it in a Sluice job (JobContext)")
         # the local runner holds shuffled elements in its own memory: shuffle paths there
         shuffle_dir = spill_dir if is_local(options) else None
         sketched = documents | "Sketch" >> beam.ParDo(SketchFn(config, spill_dir)).with_outputs(
