@@ -12,7 +12,7 @@ import gzip
 import io
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Callable, Iterator, Literal, Optional
 
 import apache_beam as beam
 import orjson
@@ -202,11 +202,12 @@ def read_arrow(path: str) -> Iterator[dict | Failure]:
         yield from batch.to_pylist()
 
 
-def _warc_records(path: str, wanted: str, parse_http: bool) -> Iterator[tuple[Any, bytes] | Failure]:
-    """(record, body) for each record of type `wanted`, or a Failure for what fastwarc could not
-    frame, which it would otherwise pass over in silence: a record without a valid WARC header
-    (a file whose line endings were turned into LF reads as one `unknown` record holding the
-    rest of the file) and a body shorter than its Content-Length (a truncated file)."""
+def _warc_records(path: str, wanted: str, parse_http: bool,
+                  convert: Callable[[Any, bytes], dict | Failure]) -> Iterator[dict | Failure]:
+    """`convert(record, body)` for each record of type `wanted`, or a Failure for what fastwarc
+    could not frame, which it would otherwise pass over in silence: a record without a valid WARC
+    header (a file whose line endings were turned into LF reads as one `unknown` record holding
+    the rest of the file) and a body shorter than its Content-Length (a truncated file)."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     types = getattr(WarcRecordType, wanted) | WarcRecordType.unknown
@@ -221,50 +222,44 @@ def _warc_records(path: str, wanted: str, parse_http: bool) -> Iterator[tuple[An
                 yield Failure("truncated_record", body, f"{path}: {len(body)} of "
                               f"{record.content_length} bytes", record.record_id)
                 continue
-            yield record, body
+            yield convert(record, body)
 
 
 def read_warc(path: str) -> Iterator[dict | Failure]:
     """HTTP responses of a WARC, HTML reduced to main text by resiliparse."""
+    return _warc_records(path, "response", True, _response_document)
+
+
+def _response_document(record, body: bytes) -> dict | Failure:
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
-    for item in _warc_records(path, "response", parse_http=True):
-        if isinstance(item, Failure):
-            yield item
-            continue
-        record, body = item
-        record_id = record.record_id
-        status = record.http_headers.status_code if record.http_headers else None
-        content_type = (record.http_content_type or "").lower()
-        if status is not None and status != 200:
-            yield Failure("http_status", body, f"HTTP status {status}", record_id)
-            continue
-        if "html" not in content_type and "text" not in content_type:
-            yield Failure("non_text", body, f"content type {content_type or 'unknown'}",
-                          record_id)
-            continue
-        html = bytes_to_str(body, record.http_charset or detect_encoding(body))
-        text = extract_plain_text(html, main_content=True) if "html" in content_type else html
-        yield {ID: record_id, TEXT: text, URL: record.headers.get("WARC-Target-URI"),
-               "warc_date": record.headers.get("WARC-Date"), "content_type": content_type}
+    record_id = record.record_id
+    status = record.http_headers.status_code if record.http_headers else None
+    content_type = (record.http_content_type or "").lower()
+    if status is not None and status != 200:
+        return Failure("http_status", body, f"HTTP status {status}", record_id)
+    if "html" not in content_type and "text" not in content_type:
+        return Failure("non_text", body, f"content type {content_type or 'unknown'}", record_id)
+    html = bytes_to_str(body, record.http_charset or detect_encoding(body))
+    text = extract_plain_text(html, main_content=True) if "html" in content_type else html
+    return {ID: record_id, TEXT: text, URL: record.headers.get("WARC-Target-URI"),
+            "warc_date": record.headers.get("WARC-Date"), "content_type": content_type}
 
 
 def read_wet(path: str) -> Iterator[dict | Failure]:
     """Conversion records of a WET file: the payload is already the page text."""
-    for item in _warc_records(path, "conversion", parse_http=False):
-        if isinstance(item, Failure):
-            yield item
-            continue
-        record, body = item
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as bad:
-            yield Failure("invalid_utf8", body, str(bad), record.record_id)
-            continue
-        yield {ID: record.record_id, TEXT: text, URL: record.headers.get("WARC-Target-URI"),
-               "warc_date": record.headers.get("WARC-Date"),
-               "warc_language": record.headers.get("WARC-Identified-Content-Language")}
+    return _warc_records(path, "conversion", False, _conversion_document)
+
+
+def _conversion_document(record, body: bytes) -> dict | Failure:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return Failure("invalid_utf8", body, str(bad), record.record_id)
+    return {ID: record.record_id, TEXT: text, URL: record.headers.get("WARC-Target-URI"),
+            "warc_date": record.headers.get("WARC-Date"),
+            "warc_language": record.headers.get("WARC-Identified-Content-Language")}
 
 
 READERS = {"jsonl": read_jsonl, "parquet": read_parquet, "arrow": read_arrow,
