@@ -518,77 +518,107 @@ class Dedup(Stage):
     Config = DedupConfig
 
     def expand(self, documents):
-        config = self.config
-        verify_threshold = config.edge_threshold()
-        options = documents.pipeline.options
+        config, options = self.config, documents.pipeline.options
         partitions = config.shuffle_partitions(options)
-        if self.context is not None:  # a job's staging folder: removed when the job ends
-            spill_dir = FileSystems.join(self.context.staging_dir, f"spill-{uuid.uuid4().hex}")
-        elif is_local(options):  # outside a job (tests, library use): gone with this stage
-            self._spill_folder = tempfile.TemporaryDirectory(prefix="sluice-dedup-")
-            spill_dir = self._spill_folder.name
-        else:
-            raise ConfigError("dedup on a remote runner needs a job's staging folder, which its "
-                              "workers can reach: run it in a Sluice job (JobContext)")
+        spill_dir = self._spill_dir(options)
         # the local runner holds shuffled elements in its own memory: shuffle paths there
         shuffle_dir = spill_dir if is_local(options) else None
         sketched = documents | "Sketch" >> beam.ParDo(SketchFn(config, spill_dir)).with_outputs(
             _SPILLED, main="sketches")
-        sketches = sketched.sketches
-        if config.index:
-            stored = open_index(config.index, config.sketch_params(), create=config.write_index)
-            old = (documents.pipeline | "IndexShards" >> beam.Create(stored)
-                   | "ReadIndex" >> ReadIndex()
-                   | "IndexSketches" >> beam.Map(index_sketches))
-            all_sketches = (sketches, old) | "WithIndex" >> beam.Flatten()
-        else:
-            all_sketches = sketches
+        survivors = (sketched.sketches
+                     | "WithIndex" >> WithIndexSketches(config)
+                     | "Clusters" >> Clusters(config, partitions, shuffle_dir))
+        if self.context is not None:
+            (survivors[_CLUSTERS]
+             | "ClusterBatches" >> beam.FlatMap(_record_batches)
+             | "WriteClusters" >> self.context.sink("clusters", "clusters"))
+        if config.write_index and self.context is not None:
+            ({"sketches": sketched.sketches, "decisions": survivors[_DECISIONS]}
+             | "IndexUpdate" >> IndexUpdate(partitions, shuffle_dir)
+             | "IndexBatches" >> beam.FlatMap(_record_batches)
+             | "WriteIndexUpdate" >> self.context.sink("index_update", "index"))
+        decisions = survivors[_DECISIONS] | "KeyDecisions" >> beam.FlatMap(_by_batch)
+        applied = ({"spilled": sketched[_SPILLED], "decisions": decisions}
+                   | "JoinDecisions" >> beam.CoGroupByKey()
+                   | "Apply" >> beam.ParDo(ApplyDecisionsFn("dedup")).with_outputs(
+                       REJECTS, main="documents"))
+        return applied.documents, applied[REJECTS]
 
-        exact = (all_sketches
+    def _spill_dir(self, options) -> str:
+        """Where sketched batches (and, locally, shuffle pieces) are written."""
+        if self.context is not None:  # a job's staging folder: removed when the job ends
+            return FileSystems.join(self.context.staging_dir, f"spill-{uuid.uuid4().hex}")
+        if is_local(options):  # outside a job (tests, library use): gone with this stage
+            self._spill_folder = tempfile.TemporaryDirectory(prefix="sluice-dedup-")
+            return self._spill_folder.name
+        raise ConfigError("dedup on a remote runner needs a job's staging folder, which its "
+                          "workers can reach: run it in a Sluice job (JobContext)")
+
+
+class WithIndexSketches(beam.PTransform):
+    """This run's sketches, plus the persisted index's as `old` documents when there is one."""
+
+    def __init__(self, config: DedupConfig):
+        super().__init__()
+        self.config = config
+
+    def expand(self, sketches):
+        if not self.config.index:
+            return sketches
+        stored = open_index(self.config.index, self.config.sketch_params(),
+                            create=self.config.write_index)
+        old = (sketches.pipeline | "IndexShards" >> beam.Create(stored)
+               | "ReadIndex" >> ReadIndex()
+               | "IndexSketches" >> beam.Map(index_sketches))
+        return (sketches, old) | "Flatten" >> beam.Flatten()
+
+
+class Clusters(beam.PTransform):
+    """Sketches -> {decisions, clusters}: exact groups, verified LSH edges, connected components
+    across workers, one survivor per cluster."""
+
+    def __init__(self, config: DedupConfig, partitions: int, shuffle_dir: Optional[str]):
+        super().__init__()
+        self.config, self.partitions, self.shuffle_dir = config, partitions, shuffle_dir
+
+    def expand(self, sketches):
+        config, partitions, shuffle_dir = self.config, self.partitions, self.shuffle_dir
+        verify_threshold = config.edge_threshold()
+        exact = (sketches
                  | "ExactGroup" >> Shuffle(_exact_key, partitions, spill_dir=shuffle_dir)
                  | "Exact" >> beam.FlatMap(exact_groups).with_outputs(
                      _EDGES, _ATTRIBUTES, _REPRESENTATIVES))
         edges = [exact[_EDGES]]
         if config.near:
-            near = (exact[_REPRESENTATIVES]
-                    | "Bands" >> beam.FlatMap(band_pieces, partitions, shuffle_dir)
-                    | "BandGroup" >> beam.GroupByKey()
-                    | "Verify" >> beam.MapTuple(lambda _, pieces: verified_edges(
-                        gather_bands(pieces), config, verify_threshold)))
-            edges.append(near)
-        all_edges = edges | "AllEdges" >> beam.Flatten()
-        survivors = ({"edges": all_edges, "attributes": exact[_ATTRIBUTES]}
+            edges.append(exact[_REPRESENTATIVES]
+                         | "Bands" >> beam.FlatMap(band_pieces, partitions, shuffle_dir)
+                         | "BandGroup" >> beam.GroupByKey()
+                         | "Verify" >> beam.MapTuple(lambda _, pieces: verified_edges(
+                             gather_bands(pieces), config, verify_threshold)))
+        survivors = ({"edges": edges | "AllEdges" >> beam.Flatten(),
+                      "attributes": exact[_ATTRIBUTES]}
                      | "Components" >> ConnectedComponents(
                          config.components_rounds(partitions), partitions, shuffle_dir)
                      | "ClusterGroup" >> Shuffle(lambda t: column(t, "component"), partitions,
                                                   spill_dir=shuffle_dir)
                      | "Survivors" >> beam.FlatMap(choose_survivors).with_outputs(
                          _DECISIONS, _CLUSTERS))
-        self.clusters = survivors[_CLUSTERS]
-        if self.context is not None:
-            (self.clusters
-             | "ClusterBatches" >> beam.FlatMap(_record_batches)
-             | "WriteClusters" >> self.context.sink("clusters", "clusters"))
-        if config.write_index:
-            update = ({"sketches": sketches, "decisions": survivors[_DECISIONS]}
-                      | "SurvivorSketches" >> CoShuffle({"sketches": node_keys,
-                                                         "decisions": node_keys}, partitions,
-                                                        shuffle_dir)
-                      | "KeepSurvivors" >> beam.FlatMap(_drop_decided)
-                      | "IndexRows" >> beam.Map(index_rows))
-            if self.context is not None:
-                (update
-                 | "IndexBatches" >> beam.FlatMap(_record_batches)
-                 | "WriteIndexUpdate" >> self.context.sink("index_update", "index"))
-            self.index_update = update
+        return {_DECISIONS: survivors[_DECISIONS], _CLUSTERS: survivors[_CLUSTERS]}
 
-        decisions = (survivors[_DECISIONS]
-                     | "KeyDecisions" >> beam.FlatMap(_by_batch))
-        applied = ({"spilled": sketched[_SPILLED], "decisions": decisions}
-                   | "JoinDecisions" >> beam.CoGroupByKey()
-                   | "Apply" >> beam.ParDo(ApplyDecisionsFn("dedup")).with_outputs(
-                       REJECTS, main="documents"))
-        return applied.documents, applied[REJECTS]
+
+class IndexUpdate(beam.PTransform):
+    """{sketches, decisions} -> index rows of this run's survivors."""
+
+    def __init__(self, partitions: int, shuffle_dir: Optional[str]):
+        super().__init__()
+        self.partitions, self.shuffle_dir = partitions, shuffle_dir
+
+    def expand(self, parts):
+        return (parts
+                | "SurvivorSketches" >> CoShuffle({"sketches": node_keys, "decisions": node_keys},
+                                                  self.partitions, self.shuffle_dir)
+                | "KeepSurvivors" >> beam.FlatMap(_drop_decided)
+                | "IndexRows" >> beam.Map(index_rows))
 
 
 def _record_batches(table: pa.Table) -> list[pa.RecordBatch]:
