@@ -88,8 +88,8 @@ class Shingling:
         pieces = pc.ascii_split_whitespace(_ascii_separators_to_spaces(
             pc.utf8_lower(texts.fill_null(""))))
         flat = pieces.flatten()
-        # int32 positions: a batch holds far fewer than 2^31 pieces, and these arrays are its
-        # largest temporaries
+        # int32 positions (these arrays are the batch's largest temporaries): there are fewer
+        # pieces than bytes of text, which Arrow's int32 string offsets already bound by 2^31
         counts = np.asarray(pc.binary_length(flat), dtype=np.int32).clip(max=1)  # drop "" pieces
         starts = np.arange(len(flat), dtype=np.int32)
         source = flat
