@@ -25,10 +25,10 @@ from tests.conftest import Collected, test_pipeline
 from transforms import dedup_eval, minhash
 from transforms.config import ConfigError, parse
 from transforms.connected_components import ConnectedComponents, edge_table
-from transforms.dedup import (Dedup, DedupConfig, choose_survivors, fixed_size_list, index_sketches,
-                              sketch_table, verified_edges)
-from transforms.minhash import MinHasher, Shingling, band_keys, choose_bands, low_bits
+from transforms.dedup import (Dedup, DedupConfig, choose_survivors, fixed_size_list,
+                              index_sketches, sketch_table, verified_edges)
 from transforms.documents import batch_from_rows
+from transforms.minhash import MinHasher, Shingling, band_keys, choose_bands, low_bits
 from transforms.sink import read_output
 
 ONE_WORKER = ["--direct_num_workers=1"]
@@ -50,9 +50,9 @@ def test_shingles_and_signatures_match_the_definition_and_datasketch(shared_data
     if shingles_per_chunk:
         monkeypatch.setattr(minhash, "_CHUNK_ELEMENTS", 64 * shingles_per_chunk)
     docs = dedup_eval.wiki_documents(shared_data / "wiki_versions", articles=5)
-    texts = [d["text"] for d in docs] + ["", "   ", "Word!", "two words", "!!!", "a b c d e",
-                                         "naïve café—test ÀB’c", "x\u00a0y\u2003z —lead trail—",
-                                         "__init__ 3.14 a_b\x00c\td", "日本語のテキスト、です。"]
+    edges = ["", "   ", "Word!", "two words", "!!!", "a b c d e", "naïve café—test ÀB’c",
+             "x\u00a0y\u2003z —lead trail—", "__init__ 3.14 a_b\x00c\td", "日本語のテキスト、です。"]
+    texts = [d["text"] for d in docs] + edges
     shingling = Shingling(ngram=5)
     tokens = shingling.tokens(pa.array(texts))
     for text, got in zip(texts, tokens.to_pylist()):

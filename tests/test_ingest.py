@@ -121,8 +121,8 @@ def test_warc_records_fastwarc_cannot_frame_are_failures_not_lost(shared_data, t
     lf_only.write_bytes((web / "cc_net/tests/data/sample.warc.txt").read_bytes())
     warc = gzip.decompress((web / "resiliparse/tests/data/warcfile.warc.gz").read_bytes())
     (tmp_path / "cut.warc").write_bytes(warc[:len(warc) - 3000])
-    docs, rejects = read([InputSpec(path=str(lf_only)), InputSpec(path=str(tmp_path / "cut.warc"))],
-                         IngestConfig())
+    docs, rejects = read([InputSpec(path=str(lf_only)),
+                          InputSpec(path=str(tmp_path / "cut.warc"))], IngestConfig())
     reasons = [r["reason"] for r in rejects]
     assert reasons.count("malformed_warc") == 1 and reasons.count("truncated_record") == 1
     assert "CRLF" in next(r["detail"] for r in rejects if r["reason"] == "malformed_warc")

@@ -12,7 +12,6 @@ import uuid
 import apache_beam as beam
 import pyarrow as pa
 import pytest
-from apache_beam.testing.util import assert_that
 
 from transforms.config import parse
 from transforms.lm_perplexity import LMPerplexity, LMPerplexityConfig

@@ -3,7 +3,6 @@ model estimated here, the stages run as real jobs, filter and ensemble buckets o
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 

@@ -31,7 +31,7 @@ from transforms.config import ConfigError, parse
 from transforms.documents import batch_from_rows, concat
 from transforms.el2n import El2n, El2nConfig
 from transforms.select import (NO_SCORE, NOT_SELECTED, BottomK, DrawFn, Select, SelectConfig,
-                               batch_key, draw_plan, random_keys, sampling_values, strata_of,
+                               batch_key, draw_plan, sampling_values, strata_of,
                                stratum_masses)
 from transforms.sensitivity import (Sensitivity, SensitivityConfig, assign, draw_in_memory,
                                     fit_centres, nearest_members, values_in_memory)
