@@ -42,8 +42,8 @@ from transforms.accounting import Rejects, count, record_max
 from transforms.config import ConfigError, config_dataclass, is_local, local_workers
 from transforms.connected_components import ConnectedComponents, edge_table, node_keys
 from transforms.dedup_index import ReadIndex, index_schema, open_index
-from transforms.dedup_shuffle import (CoShuffle, Shuffle, column, gather, scatter, stash,
-                                      write_arrow)
+from transforms.dedup_shuffle import (CoShuffle, Shuffle, column, gather, read_arrow, scatter,
+                                      stash, write_arrow)
 from transforms.documents import ID, SOURCE, TEXT
 from transforms.minhash import (MinHasher, Shingling, band_keys, bbit_jaccard, choose_bands, fmix64,
                                low_bits)
@@ -213,11 +213,6 @@ class SketchFn(beam.DoFn):
 def spill(batch: pa.RecordBatch, directory: str, key: int) -> str:
     """Write a batch as an Arrow IPC stream; returns its path."""
     return write_arrow(batch, FileSystems.join(directory, f"{key:016x}.arrow"))
-
-
-def read_spilled(path: str) -> pa.RecordBatch:
-    with FileSystems.open(path) as handle:
-        return pa.ipc.open_stream(handle.read()).read_next_batch()
 
 
 def sketch_table(node, ids, batch, row, old, quality, length, exact_hi, exact_lo, keys, bits,
@@ -474,8 +469,8 @@ class ApplyDecisionsFn(beam.DoFn):
     def process(self, element):
         _, grouped = element
         decisions = [d for d in grouped["decisions"] if d.num_rows]
-        for path in grouped["spilled"]:
-            batch = read_spilled(path)
+        # each spilled file holds one batch (none left once read if that batch was empty)
+        for batch in (b for path in grouped["spilled"] for b in read_arrow(path).to_batches()):
             if not decisions:
                 yield batch
                 continue
