@@ -21,6 +21,9 @@ import pyarrow.parquet as pq
 import zstandard
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+from resiliparse.extract.html2text import extract_plain_text
+from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
 from transforms.accounting import INPUT, Rejects, count
 from transforms.config import ConfigError, config_dataclass, local_workers
@@ -202,15 +205,13 @@ def read_arrow(path: str) -> Iterator[dict | Failure]:
         yield from batch.to_pylist()
 
 
-def _warc_records(path: str, wanted: str, parse_http: bool,
+def _warc_records(path: str, wanted: WarcRecordType, parse_http: bool,
                   convert: Callable[[Any, bytes], dict | Failure]) -> Iterator[dict | Failure]:
     """`convert(record, body)` for each record of type `wanted`, or a Failure for what fastwarc
     could not frame, which it would otherwise pass over in silence: a record without a valid WARC
     header (a file whose line endings were turned into LF reads as one `unknown` record holding
     the rest of the file) and a body shorter than its Content-Length (a truncated file)."""
-    from fastwarc.warc import ArchiveIterator, WarcRecordType
-
-    types = getattr(WarcRecordType, wanted) | WarcRecordType.unknown
+    types = wanted | WarcRecordType.unknown
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         for record in ArchiveIterator(f, record_types=types, parse_http=parse_http):
             if record.record_type == WarcRecordType.unknown:
@@ -227,13 +228,10 @@ def _warc_records(path: str, wanted: str, parse_http: bool,
 
 def read_warc(path: str) -> Iterator[dict | Failure]:
     """HTTP responses of a WARC, HTML reduced to main text by resiliparse."""
-    return _warc_records(path, "response", True, _response_document)
+    return _warc_records(path, WarcRecordType.response, True, _response_document)
 
 
 def _response_document(record, body: bytes) -> dict | Failure:
-    from resiliparse.extract.html2text import extract_plain_text
-    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
-
     record_id = record.record_id
     status = record.http_headers.status_code if record.http_headers else None
     content_type = (record.http_content_type or "").lower()
@@ -249,7 +247,7 @@ def _response_document(record, body: bytes) -> dict | Failure:
 
 def read_wet(path: str) -> Iterator[dict | Failure]:
     """Conversion records of a WET file: the payload is already the page text."""
-    return _warc_records(path, "conversion", False, _conversion_document)
+    return _warc_records(path, WarcRecordType.conversion, False, _conversion_document)
 
 
 def _conversion_document(record, body: bytes) -> dict | Failure:
