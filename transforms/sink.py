@@ -73,9 +73,7 @@ def shard_stats(table: pa.Table) -> dict:
     if TEXT not in table.column_names or not table.num_rows:
         return stats
     text = table.column(TEXT)
-    trimmed = pc.ascii_trim_whitespace(text)  # split and trim are ~5x a `\S+` regex count
-    tokens = pc.subtract(pc.list_value_length(pc.ascii_split_whitespace(trimmed)),
-                         pc.cast(pc.equal(pc.binary_length(trimmed), 0), pa.int32()))
+    tokens = whitespace_tokens(text)
     stats["chars"] = int(pc.sum(pc.utf8_length(text)).as_py() or 0)
     stats["tokens"] = int(pc.sum(tokens).as_py() or 0)
     if SOURCE in table.column_names:
@@ -85,6 +83,14 @@ def shard_stats(table: pa.Table) -> dict:
                                               ("source", "tokens_sum", "tokens_count"))):
             stats["sources"][str(source)] = {"docs": n_docs, "tokens": n_tokens}
     return stats
+
+
+def whitespace_tokens(text):
+    """Tokens separated by ASCII whitespace, per text: trim, split and count, several times the
+    speed of counting `\S+` regex matches (`bench/kernels.py`)."""
+    trimmed = pc.ascii_trim_whitespace(text)
+    return pc.subtract(pc.list_value_length(pc.ascii_split_whitespace(trimmed)),
+                       pc.cast(pc.equal(pc.binary_length(trimmed), 0), pa.int32()))
 
 
 class WriteShardsFn(beam.DoFn):
