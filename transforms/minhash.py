@@ -83,7 +83,7 @@ class Shingling:
 
         ASCII separators become spaces on the raw UTF-8 bytes and the text is split on them; only
         the few pieces that hold non-ASCII characters are split again with the Unicode separator
-        pattern, and the pieces are put back in order (1.7x one RE2 split, `bench/kernels.py`).
+        pattern, and the pieces are put back in order (~1.8x one RE2 split, `bench/kernels.py`).
         """
         pieces = pc.ascii_split_whitespace(_ascii_separators_to_spaces(
             pc.utf8_lower(texts.fill_null(""))))
