@@ -43,6 +43,6 @@ setup(
         # replaces fasttext-community with fasttext-numpy2 and downgrades xxhash.
         "bench": ["psutil>=5.9", "openai==3.54.0", "rensa==0.5.0"],
     },
-    package_data={"transforms": ["data/*"]},
+    package_data={"transforms.quality": ["data/*"]},
     entry_points={"console_scripts": ["sluice=pipelines.cli:console"]},
 )

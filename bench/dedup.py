@@ -33,10 +33,11 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from transforms import dedup_eval  # noqa: E402
-from transforms.minhash import MinHasher, Shingling  # noqa: E402
-from transforms.sink import read_output  # noqa: E402
 from measure import measured  # noqa: E402  (bench/measure.py)
+
+from transforms.dedup import eval as dedup_eval  # noqa: E402
+from transforms.dedup.minhash import MinHasher, Shingling  # noqa: E402
+from transforms.io.sink import read_output  # noqa: E402
 
 SHARED = Path(os.environ.get("SLUICE_SHARED_DATA", REPO.parent / "shared" / "data"))
 FILES = 4

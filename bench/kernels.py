@@ -29,10 +29,10 @@ import pyarrow.compute as pc
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from transforms import dedup_eval  # noqa: E402
-from transforms.minhash import (EMPTY, TOKEN_SEPARATOR, MinHasher, Shingling,  # noqa: E402
-                                fmix32)
-from transforms.sink import whitespace_tokens  # noqa: E402
+from transforms.dedup import eval as dedup_eval  # noqa: E402
+from transforms.dedup.minhash import (EMPTY, TOKEN_SEPARATOR, MinHasher, Shingling,  # noqa: E402
+                                      fmix32)
+from transforms.io.sink import whitespace_tokens  # noqa: E402
 
 SHARED = Path(os.environ.get("SLUICE_SHARED_DATA", REPO.parent / "shared" / "data"))
 PERMUTATIONS = 256  # the dedup default

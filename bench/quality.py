@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("SLUICE_QUIET", "1")
 
 from classifiers import fasttext_quality, kenlm_model  # noqa: E402
-from transforms.heuristics import Heuristics, HeuristicsConfig  # noqa: E402
-from transforms.perplexity import LineTokenizer, perplexity  # noqa: E402
+from transforms.quality.heuristics import Heuristics, HeuristicsConfig  # noqa: E402
+from transforms.quality.perplexity import LineTokenizer, perplexity  # noqa: E402
 
 SHARED = Path(os.environ.get("SLUICE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -157,7 +157,7 @@ def evaluate(texts: list[str], labels: np.ndarray, folds: int, seed: int) -> dic
 
 def throughput(texts: list[str], labels: np.ndarray, docs: int) -> dict:
     from pipelines.job import run_job
-    from transforms.quality import QualityConfig, QualityFn
+    from transforms.quality.classifier import QualityConfig, QualityFn
 
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as workdir:
         model_path = os.path.join(workdir, "dclm.bin")

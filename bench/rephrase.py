@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipelines import cli  # noqa: E402
-from transforms.config import parse  # noqa: E402
-from transforms.rephrase import RephraseConfig, RephraseFn  # noqa: E402
+from transforms.core.config import parse  # noqa: E402
+from transforms.llm.rephrase import RephraseConfig, RephraseFn  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "dclm_quality" / "majority_data.jsonl"
 

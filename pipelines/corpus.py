@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.core.files import read_json, write_json_atomic
+
 CORPUS_FILE, VERSIONS, INDEX, WORK, LOCK = "corpus.json", "versions", "index", ".work", ".lock"
 
 
@@ -54,18 +56,6 @@ def _exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
-def _read_json(path: str):
-    with FileSystems.open(path) as f:
-        return json.loads(f.read())
-
-
-def write_json_atomic(path: str, data) -> None:
-    temp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(temp) as f:
-        f.write(json.dumps(data, indent=2, default=str).encode())
-    FileSystems.rename([temp], [path])
-
-
 class Corpus:
     def __init__(self, root: str):
         self.root = root
@@ -77,7 +67,7 @@ class Corpus:
         path = self.path(CORPUS_FILE)
         if not _exists(path):
             return []
-        return [Version(**v) for v in _read_json(path)["versions"]]
+        return [Version(**v) for v in read_json(path)["versions"]]
 
     def head(self) -> Version | None:
         versions = self.versions()

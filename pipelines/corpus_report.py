@@ -3,11 +3,11 @@ and tokens per source) and what each version added."""
 from __future__ import annotations
 
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from matplotlib.figure import Figure
 
 from pipelines.corpus import Corpus
 from pipelines.report import HtmlReport
+from transforms.core.files import write_bytes_atomic
 
 REPORT = "report.html"
 
@@ -46,9 +46,4 @@ def write_corpus_report(corpus: Corpus) -> str:
                      [[v.version, v.created[:19], v.docs, v.tokens,
                        sum(v.stats.get("dropped", {}).values()), v.stats.get("failed", 0),
                        v.config_hash[:8]] for v in versions])
-    path = corpus.path(REPORT)
-    temp = f"{path}.tmp"
-    with FileSystems.create(temp) as f:
-        f.write(report.render().encode("utf-8"))
-    FileSystems.rename([temp], [path])
-    return path
+    return write_bytes_atomic(corpus.path(REPORT), report.render().encode("utf-8"))

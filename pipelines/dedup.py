@@ -1,9 +1,9 @@
 """`sluice dedup INPUT... --output DIR [--threshold 0.8] [--ngram 5] [--num-perm N]
 [--bands B --rows R] [--index DIR] [--update-index]`: exact + near-duplicate removal.
 
-Runs a job whose only stage is `dedup` (transforms/dedup.py), so the outputs are the usual ones
+Runs a job whose only stage is `dedup` (transforms/dedup/stage.py), so the outputs are the usual ones
 (documents, dead_letter, manifest.json, stats.json) plus `clusters/`. With `--update-index` the
-survivors are added to the index after the job succeeded (transforms/dedup_index.py); a `sluice
+survivors are added to the index after the job succeeded (transforms/dedup/index.py); a `sluice
 run` job with a dedup stage that sets `write_index` does the same (`commit_index_update`).
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.job import load_config, run_job, set_dotted
-from transforms import dedup_index
-from transforms.config import parse
-from transforms.dedup import DedupConfig
+from transforms.core.config import parse
+from transforms.dedup import index as dedup_index
+from transforms.dedup.stage import DedupConfig
 
 
 def register(subparsers) -> None:

@@ -26,11 +26,12 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 from apache_beam.portability import python_urns
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from transforms.accounting import run_stats, summary
-from transforms.config import ConfigError, config_dataclass, is_local, parse, to_dict
-from transforms.ingest import IngestConfig, InputSpec, ReadDocuments
-from transforms.sink import SinkConfig, finalize_output, read_shard_index
-from transforms.stage import JobContext, build_stage
+from transforms.core.accounting import run_stats, summary
+from transforms.core.config import ConfigError, config_dataclass, is_local, parse, to_dict
+from transforms.core.files import write_json_atomic
+from transforms.core.stage import JobContext, build_stage
+from transforms.io.ingest import IngestConfig, InputSpec, ReadDocuments
+from transforms.io.sink import SinkConfig, finalize_output, read_shard_index
 
 VERSION = "0.1.0"
 DOCUMENTS, DEAD_LETTER = "documents", "dead_letter"
@@ -165,14 +166,6 @@ def build(pipeline: beam.Pipeline, job: JobConfig, context: JobContext) -> None:
     context.write_shard_index()
 
 
-def _write_json(path: str, data: dict) -> None:
-    """Write JSON atomically: a temporary name, then rename."""
-    temp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(temp) as f:
-        f.write(json.dumps(data, indent=2, default=str).encode())
-    FileSystems.rename([temp], [path])
-
-
 def run_job(data: dict, beam_args: list[str], build_fn=build, log=print) -> dict:
     """Run a job from resolved config data; returns stats (raises if accounting is off)."""
     job = parse(JobConfig, data)
@@ -216,8 +209,8 @@ def run_job(data: dict, beam_args: list[str], build_fn=build, log=print) -> dict
         "outputs": outputs,
         "stats": stats,
     }
-    _write_json(FileSystems.join(job.output, "stats.json"), stats)
-    _write_json(FileSystems.join(job.output, "manifest.json"), manifest)
+    write_json_atomic(FileSystems.join(job.output, "stats.json"), stats)
+    write_json_atomic(FileSystems.join(job.output, "manifest.json"), manifest)
     log(summary(stats))
     if not stats["balanced"]:
         raise RuntimeError("accounting does not balance: input != kept + dropped + failed")

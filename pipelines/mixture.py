@@ -23,7 +23,8 @@ import pyarrow.csv as pacsv
 from classifiers.regmix import (LIGHTGBM, LINEAR, REGRESSORS, FitConfig, MixtureModel,
                                 ProposalConfig, correlations, cross_validate, domain_tokens,
                                 objective_weights, optimum, own_domain, propose, token_prior)
-from transforms.config import ConfigError
+from transforms.core.config import ConfigError
+from transforms.core.files import write_json_atomic
 
 MODEL_FILE, FIT_FILE, MIXTURE_FILE, TRAIN_FILE = "model.json", "fit.json", "mixture.json", "train.csv"
 REPORT_FILE = "report.html"
@@ -265,8 +266,8 @@ def apply(mixture: str, inputs: list[str], tokens: int, output: str, beam_args: 
           log=print) -> dict:
     """Run the `mixture` stage over the inputs; add the plan and the epochs actually written
     per domain to manifest.json under `mixture`."""
-    from pipelines.job import _write_json, run_job
-    from transforms.mixture import PLAN_FILE, load_weights
+    from pipelines.job import run_job
+    from transforms.mixture.sampling import PLAN_FILE, load_weights
 
     weights = load_weights(mixture)
     data = {"input": parse_inputs(inputs), "output": output,
@@ -287,7 +288,7 @@ def apply(mixture: str, inputs: list[str], tokens: int, output: str, beam_args: 
     plan["mixture_file"] = mixture if isinstance(mixture, str) else None
     plan["written_tokens"] = manifest["totals"]["tokens"]
     manifest["mixture"] = plan
-    _write_json(manifest_path, manifest)
+    write_json_atomic(manifest_path, manifest)
     for domain in plan["repeat_cap_hits"]:
         log(f"sluice mixture: '{domain}' hit the repeat cap ({max_epochs:g} epochs); "
             f"its shortfall went to {'the other domains' if on_cap == 'redistribute' else 'nowhere'}")

@@ -12,9 +12,9 @@ import yaml
 
 from classifiers import fasttext_quality, kenlm_model
 from pipelines.job import load_config, run_job
-from transforms.config import ConfigError
-from transforms.ingest import READERS, Failure, InputSpec, detect_format, expand_inputs
-from transforms.perplexity import LineTokenizer
+from transforms.core.config import ConfigError
+from transforms.io.ingest import READERS, Failure, InputSpec, detect_format, expand_inputs
+from transforms.quality.perplexity import LineTokenizer
 
 
 def read_records(paths: list[str]) -> Iterator[dict]:

@@ -27,9 +27,9 @@ from pipelines.corpus import Corpus, CorpusLocked, Version, diff
 from pipelines.corpus_report import write_corpus_report
 from pipelines.job import config_hash, load_config, run_job
 from pipelines.report import write_mixture_report
-from transforms.config import ConfigError, parse
-from transforms.dedup import DedupConfig
-from transforms.dedup_index import commit as commit_index
+from transforms.core.config import ConfigError, parse
+from transforms.dedup.index import commit as commit_index
+from transforms.dedup.stage import DedupConfig
 
 INDEX_UPDATE = "index_update"
 

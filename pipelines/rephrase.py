@@ -18,7 +18,7 @@ import json
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.job import load_config, run_job, set_dotted
-from transforms.config import ConfigError, is_local
+from transforms.core.config import ConfigError, is_local
 
 DEFAULT_CONFIG = "configs/rephrase.yaml"
 

@@ -21,6 +21,8 @@ import yaml
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
+from transforms.core.files import write_bytes_atomic
+
 STYLE = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1280px;margin:2em auto;
 padding:0 1.5em;color:#1d2433;line-height:1.45}
@@ -78,11 +80,7 @@ class HtmlReport:
                 f"<body>{''.join(self.parts)}</body></html>")
 
     def write(self, path: str) -> str:
-        temp = f"{path}.tmp"
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write(self.render())
-        os.replace(temp, path)
-        return path
+        return write_bytes_atomic(path, self.render().encode("utf-8"))
 
 
 def short(domain: str) -> str:
@@ -234,8 +232,8 @@ def write_mixture_report(model_dir: str, evals: Optional[list[str]] = None,
     from classifiers.regmix import own_domain
     from pipelines.mixture import (FIT_FILE, MIXTURE_FILE, REPORT_FILE, TRAIN_FILE, join,
                                    load_model, read_csv)
-    from transforms.config import ConfigError
-    from transforms.mixture import plan_sampling
+    from transforms.core.config import ConfigError
+    from transforms.mixture.sampling import plan_sampling
 
     model, saved = load_model(model_dir)
     with open(os.path.join(model_dir, FIT_FILE), encoding="utf-8") as f:

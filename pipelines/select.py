@@ -13,8 +13,8 @@ setting, stats.json, dead-letter): see docs/selection.md.
 from __future__ import annotations
 
 from pipelines.job import load_config, run_job, set_dotted
-from transforms.config import ConfigError, parse, to_dict
-from transforms.stage import stage_class
+from transforms.core.config import ConfigError, parse, to_dict
+from transforms.core.stage import stage_class
 
 METHODS = ("el2n", "sensitivity", "perplexity")
 DEFAULT_KEEP = {"el2n": "top", "perplexity": "middle"}

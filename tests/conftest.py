@@ -1,29 +1,16 @@
-"""Shared fixtures: Beam's in-process FnApiRunner (never the Prism-downloading DirectRunner),
-paths to the real sample data in ../shared/data, and small file writers."""
+"""Fixtures for every test: the real sample data in ../shared/data, and the tiny locally built
+model with its vLLM server (tests/support/tiny_model.py). Helpers live in tests/support."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.testing.test_pipeline import TestPipeline
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("SLUICE_SHARED_DATA", REPO.parent / "shared" / "data"))
-DEMO_DATA = REPO / "data" / "demo"
+from tests.support import SHARED_DATA
+from tests.support.tiny_model import tiny_model_dir, vllm_server  # noqa: F401  (fixtures)
 
 os.environ.setdefault("SLUICE_QUIET", "1")
-
-
-def test_pipeline() -> TestPipeline:
-    """A TestPipeline on the in-process FnApiRunner."""
-    return TestPipeline(runner=FnApiRunner(), options=PipelineOptions([]),
-                        blocking=True, is_integration_test=False)
-
-
-test_pipeline.__test__ = False  # a factory, not a test
 
 
 @pytest.fixture
@@ -33,40 +20,3 @@ def shared_data() -> Path:
             pytest.fail(f"CI must have the real sample data at {SHARED_DATA}")
         pytest.skip(f"real sample data not found at {SHARED_DATA}")
     return SHARED_DATA
-
-
-_COLLECTED: dict[str, list] = {}
-
-
-class _Store:
-    """Pickled by reference (a module-level class), so it writes into this module's store."""
-
-    def __init__(self, key: str):
-        self.key = key
-
-    def __call__(self, elements) -> None:
-        _COLLECTED[self.key] = list(elements)
-
-
-class Collected:
-    """Elements of a PCollection gathered (via `assert_that`) for inspection after the run.
-
-    The in-process runner unpickles the matcher in this same process, so it can hand the
-    elements back through a module-level store keyed by a unique name.
-    """
-
-    def __init__(self, pcoll, label: str):
-        import uuid
-
-        from apache_beam.testing.util import assert_that
-
-        self.key = f"{label}-{uuid.uuid4().hex}"
-        assert_that(pcoll, _Store(self.key), label=f"Collect{label}")
-
-    @property
-    def elements(self) -> list:
-        return _COLLECTED[self.key]
-
-    def rows(self) -> list[dict]:
-        """Rows of collected record batches."""
-        return [row for batch in self.elements for row in batch.to_pylist()]

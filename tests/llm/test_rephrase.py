@@ -1,0 +1,206 @@
+"""Rephrase stage without a server: post-filters, chunking with a real tokenizer, templates,
+config validation, routing, the request cache across processes, and failures against a port
+where no server listens (real connection errors, dead-lettered). Server tests are in
+test_rephrase_vllm.py."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import socket
+
+import apache_beam as beam
+import pyarrow as pa
+import pytest
+from apache_beam.testing.util import assert_that
+
+from classifiers.vllm_client import CHAT, VLLMClient, request_key
+from pipelines import cli
+from pipelines.rephrase import beam_args, job_data
+from tests.support import test_pipeline
+from transforms.core.accounting import Drop
+from transforms.core.config import ConfigError, parse
+from transforms.llm.prompts import Chunker, load_templates, load_tokenizer
+from transforms.llm.rephrase import (NEMOTRON_HIGH, WRAP_STYLES, Generate, RephraseConfig,
+                                     RephraseFn, accept)
+from transforms.llm.serving import RequestCache
+
+
+def dead_endpoint() -> str:
+    """A loopback port with nothing listening: every request is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def config(model_dir, **overrides) -> RephraseConfig:
+    data = {"vllm": {"endpoint": dead_endpoint(), "model": "tiny", "tokenizer": str(model_dir),
+                     "max_attempts": 2, "backoff_s": 0.01, "max_backoff_s": 0.02}} | overrides
+    return parse(RephraseConfig, data)
+
+
+# --- post-filters -----------------------------------------------------------------------------
+
+def test_accept_strips_required_prefix_and_keeps_text():
+    assert accept("  Rephrased text:\nThe sky is blue.\n", "stop", "Rephrased text:") == \
+        "The sky is blue."
+    assert accept("A child's version.", "stop", None) == "A child's version."
+
+
+@pytest.mark.parametrize("text,finish,prefix,reason", [
+    ("Rephrased text: cut off mid", "length", "Rephrased text:", "rephrase_truncated"),
+    ("Here you go: the sky is blue.", "stop", "Rephrased text:", "rephrase_missing_prefix"),
+    ("Rephrased text:   \n ", "stop", "Rephrased text:", "rephrase_empty"),
+    ("   ", "stop", None, "rephrase_empty"),
+])
+def test_accept_drops_with_reason(text, finish, prefix, reason):
+    with pytest.raises(Drop) as drop:
+        accept(text, finish, prefix)
+    assert drop.value.reason == reason
+
+
+# --- templates and config -----------------------------------------------------------------------
+
+def test_bundled_templates_cover_wrap_and_nemotron_with_nemotron_limits():
+    templates = load_templates("configs/prompts/rephrase.yaml")
+    assert set(WRAP_STYLES + NEMOTRON_HIGH + ["nemotron_wikipedia"]) <= set(templates)
+    limits = {name: templates[name].max_input_tokens for name in templates}
+    assert limits["nemotron_wikipedia"] == 512 and limits["nemotron_distill"] == 2000
+    assert limits["nemotron_qa"] == limits["nemotron_list"] == 1000
+    assert limits["nemotron_extract"] == 1400
+    assert all(limits[s] == 300 for s in WRAP_STYLES)
+    for name, template in templates.items():
+        assert "{text}" in template.prompt, name
+        if template.family == "nemotron_cc":
+            assert template.prefix and template.prefix in template.prompt, name
+    assert templates["wrap_qa"].messages("X")[-1]["content"].rstrip().endswith("X")
+
+
+def test_config_rejects_unknown_style_and_ambiguous_server(tmp_path):
+    with pytest.raises(ConfigError, match="unknown template"):
+        parse(RephraseConfig, {"vllm": {"endpoint": "http://x/v1", "model": "m"},
+                               "styles": ["wrap_poetry"]})
+    with pytest.raises(ConfigError, match="exactly one"):
+        parse(RephraseConfig, {"vllm": {"endpoint": "http://x/v1", "serve": "m"}})
+    with pytest.raises(ConfigError, match="model"):
+        parse(RephraseConfig, {"vllm": {"endpoint": "http://x/v1"}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse(RephraseConfig, {"vllm": {"serve": "m"}, "temperature": 0.5})
+    inline = {"vllm": {"serve": "m"}, "styles": ["poem"],
+              "templates": {"poem": {"prompt": "As a poem: {text}", "max_input_tokens": 100,
+                                     "max_output_tokens": 200}}}
+    assert parse(RephraseConfig, inline).styles == ["poem"]
+
+
+def test_routing_by_bucket(tiny_model_dir):
+    fn = RephraseFn(config(tiny_model_dir))
+    assert fn.styles_for(3) == ["nemotron_wikipedia"]
+    assert fn.styles_for(11) == ["nemotron_wikipedia"]
+    assert fn.styles_for(12) == NEMOTRON_HIGH
+    assert fn.styles_for(19) == NEMOTRON_HIGH
+    assert fn.styles_for(None) == WRAP_STYLES
+    assert fn.styles_for("head") == WRAP_STYLES  # a CCNet perplexity bucket is not a quality bucket
+
+
+# --- chunking ---------------------------------------------------------------------------------
+
+def test_chunks_merge_lines_up_to_the_limit_and_cut_long_lines(tiny_model_dir, shared_data):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    chunker = Chunker(tokenizer)
+    texts = [json.loads(line)["text"] for line in
+             (shared_data / "dclm_quality" / "majority_data.jsonl").open()][:40]
+    for limit in (64, 300):
+        for text in texts:
+            chunks = chunker.chunks(text, limit)
+            assert chunks or not text.strip()
+            for chunk in chunks:
+                assert len(tokenizer(chunk, add_special_tokens=False)["input_ids"]) <= limit + 2
+            # nothing lost: the chunks are the document's non-blank content, in order
+            assert "".join("".join(c.split()) for c in chunks) == "".join(text.split())
+    many_lines = "\n".join(f"line number {i} of a list" for i in range(50))
+    merged = chunker.chunks(many_lines, 64)
+    assert 1 < len(merged) < 50 and all("\n" in c for c in merged[:-1])
+    assert len(chunker.chunks("word " * 2000, 100)) >= 10
+
+
+# --- request cache ----------------------------------------------------------------------------
+
+def _hammer(directory: str, worker: int) -> None:
+    cache = RequestCache(directory)
+    for i in range(200):
+        cache.put(request_key(CHAT, {"i": i % 20}), {"i": i % 20, "pad": "x" * 5000})
+        assert cache.get(request_key(CHAT, {"i": (i * 7) % 20})) in (None, {"i": (i * 7) % 20,
+                                                                          "pad": "x" * 5000})
+
+
+def test_cache_is_safe_across_processes(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_hammer, args=(str(tmp_path), w)) for w in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+        assert w.exitcode == 0
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert len(files) == 20 and all(p.suffix == ".json" for p in files)  # no temporaries left
+    cache = RequestCache(str(tmp_path))
+    assert all(cache.get(request_key(CHAT, {"i": i}))["i"] == i for i in range(20))
+    assert request_key(CHAT, {"a": 1, "b": 2}) == request_key(CHAT, {"b": 2, "a": 1})
+    assert request_key(CHAT, {"a": 1}) != request_key("completions", {"a": 1})
+
+
+def test_client_serves_cached_requests_without_a_server(tmp_path):
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": 0}
+    RequestCache(str(tmp_path)).put(request_key(CHAT, body), {"choices": []})
+    client = VLLMClient(dead_endpoint(), max_attempts=2, backoff_s=0.01, cache=RequestCache(str(tmp_path)))
+    try:
+        hit, miss = client.run([(CHAT, body), (CHAT, body | {"seed": 1})])
+    finally:
+        client.close()
+    assert hit.cached and hit.response == {"choices": []}
+    assert miss.error == "connection_error" and miss.attempts == 2
+
+
+# --- failures through Beam ----------------------------------------------------------------------
+
+def test_unreachable_server_dead_letters_every_request(tiny_model_dir):
+    batch = pa.RecordBatch.from_pylist([
+        {"id": "a", "text": "First line.\nSecond line.", "source": "web", "url": None},
+        {"id": "b", "text": "", "source": "web", "url": None},
+    ])
+    with test_pipeline() as p:
+        documents, synthetic, rejects = (p | beam.Create([batch])
+                                         | Generate(config(tiny_model_dir, styles=["wrap_qa"])))
+        assert_that(documents | "ids" >> beam.FlatMap(
+            lambda b: b.column("id").to_pylist()), lambda ids: sorted(ids) == ["a", "b"] or
+            pytest.fail(ids), label="documents pass through")
+        assert_that(synthetic, lambda s: len(s) == 0 or pytest.fail(s), label="no synthetic")
+        assert_that(rejects | "reasons" >> beam.FlatMap(
+            lambda b: list(zip(b.column("reason").to_pylist(), b.column("kind").to_pylist()))),
+            lambda r: r == [("rephrase_connection_error", "failed")] or pytest.fail(r),
+            label="one request, failed")
+
+
+# --- command ----------------------------------------------------------------------------------
+
+def test_command_line_sets_server_styles_and_cache(tmp_path):
+    args = cli.parser().parse_args(["rephrase", "in/*.jsonl", "--output", str(tmp_path),
+                                    "--endpoint", "http://h:1/v1", "--model", "m",
+                                    "--styles", "wrap_qa", "--cache", "c", "--set",
+                                    "stages.0.rephrase.sampling.seed=7"])
+    data = job_data(args)
+    stage = data["stages"][0]["rephrase"]
+    assert data["input"] == [{"path": "in/*.jsonl"}] and data["output"] == str(tmp_path)
+    assert stage["vllm"]["endpoint"] == "http://h:1/v1" and stage["vllm"]["cache"] == "c"
+    assert stage["styles"] == ["wrap_qa"] and stage["sampling"]["seed"] == 7
+    parse(RephraseConfig, stage)
+
+
+def test_command_runs_one_local_worker_unless_told():
+    """One SDK worker process locally (one client, one `--serve` server); an explicit
+    `--direct_num_workers` or a remote runner is left alone."""
+    assert beam_args([]) == ["--direct_num_workers=1"]
+    assert beam_args(["--direct_num_workers=3"]) == ["--direct_num_workers=3"]
+    assert beam_args(["--direct_num_workers", "3"]) == ["--direct_num_workers", "3"]
+    remote = ["--runner", "DataflowRunner", "--project", "p"]
+    assert beam_args(remote) == remote

@@ -1,0 +1,82 @@
+"""Files through Beam's `FileSystems` (local, gs://, s3://): atomic writes and Arrow IPC reads.
+
+Every file a reader might see half-written (manifests, stats, index and plan JSON, reports, cache
+entries, spilled Arrow pieces) is written here: to a unique temporary name beside the target,
+then renamed over it, so a reader sees the old file or the new one, never a prefix. On object
+stores the rename is a copy then delete of one object, which is also all-or-nothing per object.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from typing import IO, Any, Callable
+
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+RAW = CompressionTypes.UNCOMPRESSED
+
+
+def write_atomic(path: str, write: Callable[[IO[bytes]], Any]) -> str:
+    """Call `write(handle)` on a temporary file, then rename it to `path` (parents are made)."""
+    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with FileSystems.create(temp, compression_type=RAW) as handle:
+            write(handle)
+        FileSystems.rename([temp], [path])
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+    return path
+
+
+def write_bytes_atomic(path: str, data: bytes) -> str:
+    return write_atomic(path, lambda handle: handle.write(data))
+
+
+def write_json_atomic(path: str, data: Any) -> str:
+    return write_bytes_atomic(path, json.dumps(data, indent=2, default=str).encode("utf-8"))
+
+
+def read_json(path: str) -> Any:
+    with FileSystems.open(path, compression_type=RAW) as handle:
+        return json.loads(handle.read())
+
+
+def write_arrow_stream(data: pa.Table | pa.RecordBatch, path: str) -> str:
+    """One Arrow IPC stream file, written atomically."""
+    def write(handle):
+        with pa.ipc.new_stream(handle, data.schema) as writer:
+            writer.write(data)
+    return write_atomic(path, write)
+
+
+def read_arrow(path: str) -> pa.Table:
+    """A whole Arrow IPC file, in the file or the stream format."""
+    with FileSystems.open(path, compression_type=RAW) as handle:
+        data = pa.py_buffer(handle.read())
+    try:
+        return pa.ipc.open_file(data).read_all()
+    except pa.ArrowInvalid:
+        return pa.ipc.open_stream(data).read_all()
+
+
+def read_arrow_batches(path: str):
+    """The record batches of an Arrow IPC file (file or stream format), one at a time."""
+    with FileSystems.open(path, compression_type=RAW) as handle:
+        data = pa.py_buffer(handle.read())
+    try:
+        reader = pa.ipc.open_file(data)
+        batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+    except pa.ArrowInvalid:
+        batches = pa.ipc.open_stream(data)
+    yield from batches
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+    except (IOError, OSError):
+        pass

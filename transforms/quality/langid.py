@@ -1,0 +1,48 @@
+"""Language identification with a fastText language-ID model (lid.176 or GlotLID), by path.
+
+Adds `language` (the top label without `__label__`, e.g. `en`; GlotLID labels look like
+`eng_Latn`) and `language_score` (its probability). Keeping only some languages is the separate
+`filter` stage (`column: language, values: [en]`), as for every score.
+"""
+from __future__ import annotations
+
+from classifiers.fasttext_quality import Classifier, require_file
+from transforms.core.config import config_dataclass
+from transforms.core.documents import TEXT
+from transforms.core.scoring import ScoreBatchFn, Scored, ScoringStage
+
+
+@config_dataclass
+class LangIdConfig:
+    model: str
+    column: str = "language"
+    score_column: str = "language_score"
+
+
+class LangIdFn(ScoreBatchFn):
+    stage = "langid"
+
+    def __init__(self, config: LangIdConfig):
+        self.config = config
+
+    def setup(self):
+        super().setup()
+        self.classifier = Classifier.from_path(self.config.model, "language-ID model")
+
+    def score(self, batch) -> Scored:
+        labels, probabilities = self.classifier.top(batch.column(TEXT).to_pylist())
+        return Scored(columns={self.config.column: labels,
+                               self.config.score_column: probabilities})
+
+
+class LangIdStage(ScoringStage):
+    """Language ID (see the module docstring)."""
+
+    Config = LangIdConfig
+
+    def __init__(self, config: LangIdConfig, context=None):
+        super().__init__(config, context)
+        require_file(config.model, "language-ID model")
+
+    def score_fn(self) -> LangIdFn:
+        return LangIdFn(self.config)

@@ -1,0 +1,148 @@
+"""Stage `el2n`: score every document by EL2N with proxy models trained once inside the job.
+
+EL2N (Paul et al. 2021, "Deep Learning on a Data Diet"): `E_seed ||softmax(f(x)) - onehot(y)||_2`
+from `proxy.models` small models trained briefly from different seeds; for plain text a tiny
+byte-level LM gives the per-token version averaged over the document (Marion et al. 2023), and the
+same pass gives the document's perplexity (their study found perplexity pruning better: both are
+written so a `select` stage can use either). See classifiers/proxy.py.
+
+The job first draws a uniform sample of `proxy.train_docs` documents (a bottom-k combine), trains
+the proxy once on it in a single step (on `proxy.device`, a GPU when configured), and hands the
+serialised models to every scoring worker as a side input.
+
+Columns added: `el2n` (`score_field`); LM proxy also `proxy_loss` (mean token cross-entropy,
+nats/byte) and `proxy_perplexity`. A classification document without a known label gets a null
+score (a later `select` stage drops it as `no_score`).
+"""
+from __future__ import annotations
+
+from dataclasses import field
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import xxhash
+
+from classifiers.proxy import (EL2N, LM_LOSS, PERPLEXITY, ProxyConfig, load_proxy, to_bytes,
+                               train_proxy)
+from transforms.core.accounting import Rejects, count
+from transforms.core.config import config_dataclass
+from transforms.core.documents import ID, SOURCE, TEXT, rows, with_column
+from transforms.core.progress import Progress
+from transforms.core.stage import REJECTS, Stage
+from transforms.selection.select import BottomK, random_keys
+
+
+def training_rows(batch: pa.RecordBatch, config: ProxyConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(random keys, (text, label) objects) of the batch's documents usable for training."""
+    limit = config.max_chars if config.label_field else config.max_tokens
+    texts = [t[:limit] for t in batch.column(TEXT).to_pylist()]
+    if config.label_field is None:
+        labels = [None] * len(texts)
+    elif config.label_field in batch.schema.names:
+        labels = batch.column(config.label_field).to_pylist()
+    else:
+        labels = [None] * len(texts)
+    usable = np.array([config.label_field is None or y is not None for y in labels], dtype=bool)
+    pairs = np.empty(len(texts), dtype=object)
+    pairs[:] = list(zip(texts, labels))
+    return random_keys(batch, config.seed)[usable], pairs[usable]
+
+
+def train_from_sample(sample: tuple[np.ndarray, np.ndarray], config: ProxyConfig) -> bytes:
+    """The trained proxy, serialised; empty bytes when there was nothing to train on."""
+    pairs = sample[1]
+    if not len(pairs):
+        return b""
+    count("el2n.proxy_train_docs", len(pairs))
+    proxy = train_proxy([t for t, _ in pairs], [y for _, y in pairs], config)
+    return to_bytes(proxy)
+
+
+class TrainProxy(beam.PTransform):
+    """documents -> a singleton PCollection with the proxy trained on a uniform sample."""
+
+    def __init__(self, config: ProxyConfig):
+        super().__init__()
+        self.config = config
+
+    def expand(self, documents):
+        config = self.config
+        return (documents
+                | "TrainingRows" >> beam.Map(training_rows, config)
+                | "TrainingSample" >> beam.CombineGlobally(BottomK(config.train_docs))
+                | "Train" >> beam.Map(train_from_sample, config))
+
+
+class CachedProxy:
+    """Deserialises the side-input proxy once per worker (again only if the bytes change)."""
+
+    def __init__(self, config: ProxyConfig):
+        self.config = config
+        self._key = None
+        self._proxy = None
+
+    def get(self, data: bytes):
+        key = xxhash.xxh3_64_intdigest(data)
+        if key != self._key:
+            self._proxy = load_proxy(data, self.config.device, self.config.threads)
+            self._key = key
+        return self._proxy
+
+
+def _nullable(values: np.ndarray) -> pa.Array:
+    return pa.array(values, type=pa.float64(), mask=~np.isfinite(values))
+
+
+@config_dataclass
+class El2nConfig:
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    score_field: str = EL2N
+    loss_field: str = "proxy_loss"
+    perplexity_field: str = "proxy_perplexity"
+
+
+class ScoreFn(beam.DoFn):
+    def __init__(self, config: El2nConfig):
+        self.config = config
+
+    def setup(self):
+        self.proxy = CachedProxy(self.config.proxy)
+        self.progress = Progress("el2n")
+
+    def process(self, batch, model: bytes):
+        c = self.config
+        if not model:
+            raise RuntimeError(f"no document to train the EL2N proxy on (label_field "
+                               f"{c.proxy.label_field!r} missing everywhere?)")
+        texts = batch.column(TEXT).to_pylist()
+        labels = (batch.column(c.proxy.label_field).to_pylist()
+                  if c.proxy.label_field in batch.schema.names else [None] * len(texts))
+        try:
+            scores = self.proxy.get(model).score(texts, labels)
+        except Exception as exc:  # a batch the proxy cannot score fails, the run goes on
+            rejects = Rejects("el2n")
+            for doc in rows(batch):
+                rejects.fail("el2n_error", doc.get(ID), doc.get(SOURCE), doc,
+                             f"{type(exc).__name__}: {exc}")
+            yield beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch())
+            return
+        batch = with_column(batch, c.score_field, _nullable(scores[EL2N]))
+        if LM_LOSS in scores:
+            batch = with_column(batch, c.loss_field, _nullable(scores[LM_LOSS]))
+            batch = with_column(batch, c.perplexity_field, _nullable(scores[PERPLEXITY]))
+        self.progress.add(batch.num_rows)
+        yield batch
+
+
+class El2n(Stage):
+    """Adds EL2N (and for LM proxies loss and perplexity) columns; drops nothing."""
+
+    Config = El2nConfig
+
+    def expand(self, documents):
+        model = documents | "TrainProxy" >> TrainProxy(self.config.proxy)
+        out = documents | "Score" >> beam.ParDo(
+            ScoreFn(self.config), beam.pvalue.AsSingleton(model)).with_outputs(
+            REJECTS, main="documents")
+        return out.documents, out[REJECTS]

@@ -1,0 +1,268 @@
+"""Stage `sensitivity`: clustering-based sensitivity sampling with importance weights.
+
+Axiotis et al. 2024, "Data-Efficient Learning via Clustering-Based Sensitivity Sampling":
+1. embed every document, `e(x)` (classifiers/embeddings.py: MiniLM or hashed n-grams);
+2. k-means on the embeddings: scikit-learn `MiniBatchKMeans` fitted on a uniform sample of
+   `kmeans_sample` embeddings (a bottom-k combine), then every document is assigned to its nearest
+   centre `c_a(x)` in parallel;
+3. each centre's representative `r_j` is its nearest member (a combine over all documents), and
+   only the k representatives need a loss `l(r_j)`: the `loss_field` column, or a small proxy LM
+   trained in the job (mean token cross-entropy, or its EL2N);
+4. `v(x) = l(r_a(x)) + lambda ||e(x) - c_a(x)||^z`;
+5. `size` documents drawn with `p(x) = v(x) / sum v` (balanced over the clusters: each gets
+   the floor or ceiling of its share of draws, see `transforms.selection.select`), each with weight
+   `w(x) = count(x) / (size p(x))` in `selection_weight`, and the k representatives added. Then
+   `|sum_S w l - sum l| <= eps sum l + eps lambda Phi_k` with `size = O(1/eps^2)`.
+
+Representatives that were not drawn are kept with weight 0 (`selection_representative` true), so
+`sum(selection_weight * loss)` over the output is still the unbiased estimate of the corpus total.
+Columns added: `kmeans_cluster`, `kmeans_distance`, `sensitivity_value`, `selection_count`,
+`selection_probability`, `selection_weight`, `selection_representative`. Every other document is
+dropped as `not_selected`.
+"""
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Literal, Optional, Union
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from sklearn.cluster import MiniBatchKMeans
+
+from classifiers.embeddings import EmbeddingConfig, load_embedder
+from classifiers.proxy import EL2N, LM_LOSS, ProxyConfig, load_proxy
+from transforms.core.accounting import count
+from transforms.core.config import config_dataclass
+from transforms.core.documents import ID, TEXT, with_column
+from transforms.core.progress import Progress
+from transforms.core.stage import Stage
+from transforms.selection.el2n import TrainProxy
+from transforms.selection.select import (BottomK, WeightedSample, draw_in_batch, draw_plan,
+                                         float_column, random_keys, stratum_masses)
+
+CLUSTER, DISTANCE, VALUE = "kmeans_cluster", "kmeans_distance", "sensitivity_value"
+
+
+# --- the numerical core (plain numpy, shared with bench/selection.py) -----------------------
+
+def fit_centres(sample: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """k-means centres of the sampled embeddings (fewer when there are fewer points)."""
+    if not len(sample):
+        return np.zeros((0, 0), dtype=np.float32)
+    kmeans = MiniBatchKMeans(n_clusters=min(clusters, len(sample)), random_state=seed, n_init=3,
+                             batch_size=min(4096, len(sample)))
+    return kmeans.fit(sample).cluster_centers_.astype(np.float32)
+
+
+def assign(embeddings: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centre index, Euclidean distance to it) for each embedding."""
+    points, means = embeddings.astype(np.float64), centres.astype(np.float64)
+    nearest = ((means ** 2).sum(1)[None, :] - 2 * points @ means.T).argmin(1)
+    distance = np.linalg.norm(points - means[nearest], axis=1)
+    return nearest.astype(np.int32), distance.astype(np.float32)
+
+
+def holder_constant(representative_loss: np.ndarray, centres: np.ndarray, power: float) -> float:
+    """Data-driven lambda: `sum |l(r_i) - l(r_j)| / sum ||c_i - c_j||^z` over all pairs of
+    clusters, the Holder ratio of the k losses already computed (no extra model calls), so that
+    `lambda d^z` is on the scale of how much the loss moves with the embedding."""
+    finite = np.isfinite(representative_loss)
+    loss, points = representative_loss[finite], centres[finite].astype(np.float64)
+    if len(loss) < 2:
+        return 0.0
+    spread = np.abs(loss[:, None] - loss[None, :]).sum()
+    squared = np.maximum((points ** 2).sum(1)[:, None] + (points ** 2).sum(1)[None, :]
+                         - 2 * points @ points.T, 0.0)
+    scale = (squared ** (power / 2)).sum()
+    return float(spread / scale) if scale > 0 else 0.0
+
+
+def sensitivity_values(representative_loss: np.ndarray, distance: np.ndarray,
+                       holder_lambda: float, power: float) -> np.ndarray:
+    """`v(x) = l(r_a(x)) + lambda * ||e(x) - c_a(x)||^z`, per document."""
+    return representative_loss + holder_lambda * distance.astype(np.float64) ** power
+
+
+def nearest_members(cluster: np.ndarray, distance: np.ndarray,
+                    eligible: np.ndarray) -> dict[int, int]:
+    """cluster -> row index of its eligible member closest to the centre."""
+    rows = np.flatnonzero(eligible)
+    order = rows[np.lexsort((distance[rows], cluster[rows]))]
+    clusters, first = np.unique(cluster[order], return_index=True)
+    return {int(c): int(order[i]) for c, i in zip(clusters, first)}
+
+
+def values_in_memory(embeddings: np.ndarray, loss: np.ndarray, clusters: int,
+                     holder_lambda="auto", power: float = 2.0,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster, v(x)) for a corpus held in memory, through the same functions as the Beam stage
+    (steps 1-4, one batch): for benchmarks and tests."""
+    centres = fit_centres(embeddings, clusters, seed)
+    cluster, distance = assign(embeddings, centres)
+    members = nearest_members(cluster, distance, np.isfinite(loss))
+    representative_loss = np.full(len(centres), np.nan)
+    for c, row in members.items():
+        representative_loss[c] = loss[row]
+    if holder_lambda == "auto":
+        holder_lambda = holder_constant(representative_loss, centres, power)
+    return cluster, sensitivity_values(representative_loss[cluster], distance, holder_lambda, power)
+
+
+def draw_in_memory(values: np.ndarray, strata: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Draw counts of the stage's step 5 (one batch); `strata` all equal: the i.i.d. draw."""
+    return draw_in_batch(values, strata, 0, draw_plan(stratum_masses(0, values, strata), size,
+                                                      seed), seed)
+
+
+# --- Beam steps -----------------------------------------------------------------------------
+
+class EmbedFn(beam.DoFn):
+    """batch -> (batch, embeddings)."""
+
+    def __init__(self, config: EmbeddingConfig):
+        self.config = config
+
+    def setup(self):
+        self.embedder = load_embedder(self.config)
+        self.progress = Progress("sensitivity-embed")
+
+    def process(self, batch):
+        embeddings = self.embedder.embed(batch.column(TEXT).to_pylist())
+        count(f"sensitivity.embedded_{self.embedder.name}", batch.num_rows)
+        self.progress.add(batch.num_rows)
+        yield batch, embeddings
+
+
+def assign_batch(element, centres: np.ndarray) -> pa.RecordBatch:
+    batch, embeddings = element
+    cluster, distance = assign(embeddings, centres)
+    batch = with_column(batch, CLUSTER, pa.array(cluster))
+    return with_column(batch, DISTANCE, pa.array(distance))
+
+
+class Representatives(beam.CombineFn):
+    """cluster -> (distance, id, text, loss) of the member nearest its centre, over all batches.
+    Ties go to the smaller id, so the result does not depend on the order of merging."""
+
+    def __init__(self, loss_field: Optional[str], text_chars: int):
+        self.loss_field = loss_field
+        self.text_chars = text_chars
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, accumulator, batch):
+        cluster = batch.column(CLUSTER).to_numpy()
+        distance = batch.column(DISTANCE).to_numpy()
+        loss = (float_column(batch, self.loss_field) if self.loss_field
+                else np.zeros(batch.num_rows))
+        eligible = np.isfinite(loss)
+        candidates = {}
+        for c, row in nearest_members(cluster, distance, eligible).items():
+            text = None if self.loss_field else batch.column(TEXT)[row].as_py()[: self.text_chars]
+            candidates[c] = (float(distance[row]), str(batch.column(ID)[row]), text,
+                             float(loss[row]))
+        return self.merge_accumulators([accumulator, candidates])
+
+    def merge_accumulators(self, accumulators):
+        merged: dict = {}
+        for accumulator in accumulators:
+            for c, candidate in accumulator.items():
+                if c not in merged or candidate[:2] < merged[c][:2]:
+                    merged[c] = candidate
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def representative_losses(members: dict, model: Optional[bytes], centres: np.ndarray,
+                          config: "SensitivityConfig") -> dict:
+    """{"loss": {cluster: l(r_j)}, "ids": set of representative ids, "fallback": mean loss,
+    "holder_lambda": lambda (the configured one, or `holder_constant` for "auto")}.
+
+    Without `loss_field` the proxy scores the k representatives: k model calls in all.
+    """
+    clusters = sorted(members)
+    if config.loss_field:
+        losses = [members[c][3] for c in clusters]
+    elif clusters:
+        proxy = load_proxy(model, config.proxy.device, config.proxy.threads)
+        scores = proxy.score([members[c][2] for c in clusters])
+        losses = scores[LM_LOSS if config.proxy_loss == "lm_loss" else EL2N].tolist()
+    else:
+        losses = []
+    losses = [loss if np.isfinite(loss) else np.nan for loss in losses]
+    finite = [loss for loss in losses if np.isfinite(loss)]
+    count("sensitivity.representatives", len(clusters))
+    holder_lambda = config.holder_lambda
+    if holder_lambda == "auto":
+        holder_lambda = holder_constant(np.array(losses, dtype=np.float64), centres[clusters],
+                                        config.power)
+    return {"loss": dict(zip(clusters, losses)), "ids": {members[c][1] for c in clusters},
+            "fallback": float(np.mean(finite)) if finite else 0.0,
+            "holder_lambda": holder_lambda}
+
+
+def add_values(batch: pa.RecordBatch, representatives: dict, config: "SensitivityConfig"):
+    """Adds `sensitivity_value`; a cluster whose representative has no loss uses the mean."""
+    cluster = batch.column(CLUSTER).to_numpy()
+    table = representatives["loss"]
+    fallback = representatives["fallback"]
+    rep_loss = np.array([table.get(int(c), fallback) for c in cluster], dtype=np.float64)
+    rep_loss = np.where(np.isfinite(rep_loss), rep_loss, fallback)
+    values = sensitivity_values(rep_loss, batch.column(DISTANCE).to_numpy(),
+                                representatives["holder_lambda"], config.power)
+    return with_column(batch, VALUE, pa.array(values))
+
+
+@config_dataclass
+class SensitivityConfig:
+    size: int                               # m: draws
+    clusters: Optional[int] = None          # k; default: k = size (see docs/selection.md)
+    loss_field: Optional[str] = None        # loss column (e.g. el2n, proxy_loss); else proxy LM
+    proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig(models=1))
+    proxy_loss: Literal["lm_loss", "el2n"] = "lm_loss"
+    embedding: EmbeddingConfig = field(default_factory=lambda: EmbeddingConfig(model="hashed"))
+    holder_lambda: Union[float, Literal["auto"]] = "auto"  # lambda; auto: holder_constant
+    power: float = 2.0                      # z: 2 for k-means
+    kmeans_sample: int = 100_000            # embeddings sampled to fit the centres
+    add_representatives: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.clusters is None:
+            self.clusters = self.size
+        if self.size < 1 or self.clusters < 1:
+            raise ValueError("size and clusters must be >= 1")
+        if self.proxy.label_field is not None:
+            raise ValueError("the sensitivity proxy is a language model: leave proxy.label_field "
+                             "unset (or give loss_field, e.g. an el2n column)")
+
+
+class Sensitivity(Stage):
+    """Keeps a weighted sensitivity sample of `size` draws plus the cluster representatives."""
+
+    Config = SensitivityConfig
+
+    def expand(self, documents):
+        c = self.config
+        embedded = documents | "Embed" >> beam.ParDo(EmbedFn(c.embedding))
+        centres = (embedded
+                   | "EmbeddingKeys" >> beam.Map(lambda e: (random_keys(e[0], c.seed), e[1]))
+                   | "EmbeddingSample" >> beam.CombineGlobally(BottomK(c.kmeans_sample))
+                   | "KMeans" >> beam.Map(lambda s: fit_centres(s[1], c.clusters, c.seed)))
+        assigned = embedded | "Assign" >> beam.Map(assign_batch, beam.pvalue.AsSingleton(centres))
+        members = assigned | "Representatives" >> beam.CombineGlobally(
+            Representatives(c.loss_field, c.proxy.max_tokens))
+        model = (None if c.loss_field else
+                 beam.pvalue.AsSingleton(documents | "TrainProxy" >> TrainProxy(c.proxy)))
+        representatives = members | "RepresentativeLoss" >> beam.Map(
+            representative_losses, model, beam.pvalue.AsSingleton(centres), c)
+        valued = assigned | "Value" >> beam.Map(add_values,
+                                                beam.pvalue.AsSingleton(representatives), c)
+        forced = (representatives | "RepresentativeIds" >> beam.Map(lambda r: r["ids"])
+                  if c.add_representatives else None)
+        return valued | "Sample" >> WeightedSample("sensitivity", VALUE, c.size, c.seed, forced,
+                                                   stratum_column=CLUSTER)
