@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from classifiers.regmix import (LIGHTGBM, LINEAR, REGRESSORS, FitConfig,  # noqa: E402
                                 cross_validate, own_domain)
-from pipelines.mixture import join, resolve_targets  # noqa: E402
+from pipelines.mixture import resolve_targets  # noqa: E402
+from pipelines.mixture_io import join  # noqa: E402
 
 TARGETS = ["pile_cc", "hackernews", "ubuntu_irc", "gutenberg_pg_19"]
 SCALES = {"1M": ("test_mixture_1m.csv", "test_pile_loss_1m.csv"),

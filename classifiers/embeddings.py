@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
 import numpy as np
-from sklearn.feature_extraction.text import HashingVectorizer
 
 from classifiers import STRICT_SETTINGS
 
@@ -53,6 +52,8 @@ class HashedEmbedder:
     name = "hashed"
 
     def __init__(self, config: EmbeddingConfig):
+        from sklearn.feature_extraction.text import HashingVectorizer  # the `selection` extra
+
         self.config = config
         self.vectorizer = HashingVectorizer(n_features=config.dim, ngram_range=(1, config.ngrams),
                                             stop_words=config.stop_words, alternate_sign=True, norm="l2", dtype=np.float32)

@@ -14,20 +14,24 @@ averaged over independent initialisations. Two proxies:
 Training runs on the CPU at test scale and on `device: cuda` when configured. A trained proxy is
 serialised to bytes (`to_bytes`/`load_proxy`) so a Beam job can train it once and hand it to every
 worker as a side input.
+
+torch and scikit-learn (the `selection` extra) are imported when a proxy is built, not with this
+module, so a stage's config (`ProxyConfig`) parses and its requirement check runs without them.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
-import torch
-from sklearn.feature_extraction.text import HashingVectorizer
-from torch import nn
 
 from classifiers import STRICT_SETTINGS
+
+if TYPE_CHECKING:
+    import torch
 
 EL2N, LM_LOSS, PERPLEXITY = "el2n", "lm_loss", "perplexity"
 BYTES = 256
@@ -64,14 +68,29 @@ class ProxyConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
 
 
 def _set_threads(config: ProxyConfig) -> None:
+    import torch
+
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+
+
+def _inference_mode(method):
+    """`@torch.inference_mode()` that imports torch on the call, not at the definition."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.inference_mode():
+            return method(*args, **kwargs)
+    return wrapper
 
 
 def _l2_error(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -81,24 +100,55 @@ def _l2_error(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (1 - 2 * p_target + (probs * probs).sum(-1)).clamp_min(0).sqrt()
 
 
+# --- the networks ------------------------------------------------------------------------------
+
+@functools.cache
+def _networks() -> tuple[type, type]:
+    """(bag classifier, byte transformer) torch modules, defined on first use."""
+    from torch import nn
+
+    class BagClassifier(nn.Module):
+        """fastText's architecture: mean of hashed n-gram embeddings, then a linear softmax."""
+
+        def __init__(self, features: int, dim: int, classes: int):
+            super().__init__()
+            self.bag = nn.EmbeddingBag(features, dim, mode="sum", sparse=True)
+            self.head = nn.Linear(dim, classes)
+
+        def forward(self, indices, offsets, weights):
+            return self.head(self.bag(indices, offsets, per_sample_weights=weights))
+
+    class ByteTransformer(nn.Module):
+        """A tiny pre-norm causal transformer over UTF-8 bytes, output layer tied to the input."""
+
+        def __init__(self, context: int, width: int, layers: int, heads: int):
+            super().__init__()
+            self.embed = nn.Embedding(BYTES, width)
+            self.position = nn.Embedding(context, width)
+            layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0,
+                                               batch_first=True, norm_first=True)
+            self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(width)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            length = tokens.shape[1]
+            hidden = self.embed(tokens) + self.position.weight[:length]
+            mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
+            hidden = self.blocks(hidden, mask=mask, is_causal=True)
+            return self.norm(hidden) @ self.embed.weight.T
+
+    return BagClassifier, ByteTransformer
+
+
 # --- classifier -------------------------------------------------------------------------------
-
-class _BagClassifier(nn.Module):
-    """fastText's architecture: mean of hashed n-gram embeddings, then a linear softmax layer."""
-
-    def __init__(self, features: int, dim: int, classes: int):
-        super().__init__()
-        self.bag = nn.EmbeddingBag(features, dim, mode="sum", sparse=True)
-        self.head = nn.Linear(dim, classes)
-
-    def forward(self, indices, offsets, weights):
-        return self.head(self.bag(indices, offsets, per_sample_weights=weights))
-
 
 class ProxyClassifier:
     kind = "classifier"
 
     def __init__(self, config: ProxyConfig, classes: list, states: Optional[list] = None):
+        import torch
+        from sklearn.feature_extraction.text import HashingVectorizer
+
         self.config = config
         self.classes = list(classes)
         self.device = resolve_device(config.device)
@@ -108,7 +158,7 @@ class ProxyClassifier:
         self.models = []
         for index in range(config.models):
             torch.manual_seed(config.seed + index)
-            model = _BagClassifier(config.features, config.dim, len(self.classes))
+            model = _networks()[0](config.features, config.dim, len(self.classes))
             if states:
                 model.load_state_dict(states[index])
             self.models.append(model.to(self.device))
@@ -118,6 +168,8 @@ class ProxyClassifier:
 
     def _tensors(self, matrix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """CSR rows as EmbeddingBag input: bucket indices, row offsets, l2-normalised counts."""
+        import torch
+
         return (torch.as_tensor(matrix.indices, dtype=torch.long, device=self.device),
                 torch.as_tensor(matrix.indptr[:-1], dtype=torch.long, device=self.device),
                 torch.as_tensor(matrix.data, dtype=torch.float32, device=self.device))
@@ -127,6 +179,8 @@ class ProxyClassifier:
         return np.array([index.get(label, -1) for label in labels], dtype=np.int64)
 
     def train(self, texts: Sequence[str], labels: Sequence) -> "ProxyClassifier":
+        import torch
+
         matrix = self._matrix(texts)
         targets = torch.as_tensor(self._targets(labels), device=self.device)
         for index, model in enumerate(self.models):
@@ -137,15 +191,17 @@ class ProxyClassifier:
                 for start in range(0, len(order), self.config.batch_size):
                     rows = order[start:start + self.config.batch_size]
                     logits = model(*self._tensors(matrix[rows]))
-                    loss = nn.functional.cross_entropy(logits, targets[rows])
+                    loss = torch.nn.functional.cross_entropy(logits, targets[rows])
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
         return self
 
-    @torch.inference_mode()
+    @_inference_mode
     def per_model_scores(self, texts: Sequence[str], labels: Sequence) -> np.ndarray:
         """EL2N of each model, (models, examples); NaN where the label is missing or unseen."""
+        import torch
+
         targets = self._targets(labels)
         known = targets >= 0
         scores = np.full((len(self.models), len(texts)), np.nan)
@@ -167,26 +223,6 @@ class ProxyClassifier:
 
 # --- language model ---------------------------------------------------------------------------
 
-class _ByteTransformer(nn.Module):
-    """A tiny pre-norm causal transformer over UTF-8 bytes, output layer tied to the input."""
-
-    def __init__(self, context: int, width: int, layers: int, heads: int):
-        super().__init__()
-        self.embed = nn.Embedding(BYTES, width)
-        self.position = nn.Embedding(context, width)
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0,
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        length = tokens.shape[1]
-        hidden = self.embed(tokens) + self.position.weight[:length]
-        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
-        hidden = self.blocks(hidden, mask=mask, is_causal=True)
-        return self.norm(hidden) @ self.embed.weight.T
-
-
 def _document_bytes(text: str, limit: int) -> np.ndarray:
     return np.frombuffer(text[:limit].encode("utf-8", "replace")[:limit], dtype=np.uint8)
 
@@ -195,18 +231,22 @@ class ProxyLM:
     kind = "lm"
 
     def __init__(self, config: ProxyConfig, states: Optional[list] = None):
+        import torch
+
         self.config = config
         self.device = resolve_device(config.device)
         self.models = []
         for index in range(config.models):
             torch.manual_seed(config.seed + index)
-            model = _ByteTransformer(config.context, config.width, config.layers, config.heads)
+            model = _networks()[1](config.context, config.width, config.layers, config.heads)
             if states:
                 model.load_state_dict(states[index])
             self.models.append(model.to(self.device).eval())
 
     def train(self, texts: Sequence[str], labels: Optional[Sequence] = None) -> "ProxyLM":
         """`steps` Adam steps per model on random windows of the concatenated documents."""
+        import torch
+
         separator = np.frombuffer(b"\n\n", dtype=np.uint8)
         stream = np.concatenate([part for t in texts for part in
                                  (_document_bytes(t, self.config.max_tokens), separator)])
@@ -223,7 +263,7 @@ class ProxyLM:
                                        generator=generator).to(self.device)
                 windows = data[starts.unsqueeze(1) + torch.arange(span, device=self.device)]
                 logits = model(windows[:, :-1])
-                loss = nn.functional.cross_entropy(logits.reshape(-1, BYTES),
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, BYTES),
                                                    windows[:, 1:].reshape(-1))
                 optimizer.zero_grad()
                 loss.backward()
@@ -256,9 +296,11 @@ class ProxyLM:
         windows = np.where(windows < 0, 0, windows)
         return windows[:, :-1], windows[:, 1:], valid, np.concatenate(owners)
 
-    @torch.inference_mode()
+    @_inference_mode
     def _per_model(self, texts: Sequence[str], chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """(el2n, token cross-entropy), each (models, documents), NaN for documents under 2 bytes."""
+        import torch
+
         shape = (len(self.models), len(texts))
         error_sum, loss_sum, tokens = np.zeros(shape), np.zeros(shape), np.zeros(len(texts))
         windows = self._windows(texts)
@@ -314,6 +356,8 @@ def train_proxy(texts: Sequence[str], labels: Optional[Sequence], config: ProxyC
 
 
 def to_bytes(proxy: Proxy) -> bytes:
+    import torch
+
     buffer = io.BytesIO()
     torch.save({"kind": proxy.kind, "config": asdict(proxy.config),
                 "classes": getattr(proxy, "classes", None), "states": proxy.states()}, buffer)
@@ -322,6 +366,8 @@ def to_bytes(proxy: Proxy) -> bytes:
 
 def load_proxy(data: bytes, device: Optional[str] = None, threads: Optional[int] = None) -> Proxy:
     """A proxy from `to_bytes`, optionally moved to another device."""
+    import torch
+
     saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     config_data = saved["config"] | ({"device": device} if device else {}) | (
         {"threads": threads} if threads is not None else {})

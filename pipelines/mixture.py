@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -18,61 +17,17 @@ import re
 from dataclasses import asdict, replace
 
 import numpy as np
-import pyarrow.csv as pacsv
 
-from classifiers.regmix import (LIGHTGBM, LINEAR, REGRESSORS, FitConfig, MixtureModel,
-                                ProposalConfig, correlations, cross_validate, domain_tokens,
-                                objective_weights, optimum, own_domain, propose, token_prior)
+from classifiers.regmix import (LIGHTGBM, LINEAR, REGRESSORS, FitConfig, ProposalConfig,
+                                correlations, cross_validate, objective_weights, optimum,
+                                own_domain, propose, token_prior)
+from pipelines.mixture_io import (FIT_FILE, INDEX, MIXTURE_FILE, MODEL_FILE, TRAIN_FILE, join,
+                                  load_model, read_csv, read_domain_tokens, write_csv)
 from transforms.core.config import ConfigError
+from transforms.core.extras import require
 from transforms.core.files import write_json_atomic
 
-MODEL_FILE, FIT_FILE, MIXTURE_FILE, TRAIN_FILE = "model.json", "fit.json", "mixture.json", "train.csv"
-REPORT_FILE = "report.html"
-INDEX = "index"
-
-
 # --- tables -------------------------------------------------------------------------------------
-
-def read_csv(path: str) -> tuple[list[str], list[str], np.ndarray]:
-    """(index values as strings, column names, float matrix) of a CSV with an `index` column."""
-    try:
-        table = pacsv.read_csv(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read '{path}': {exc}") from None
-    if INDEX not in table.column_names:
-        raise ConfigError(f"'{path}' has no '{INDEX}' column")
-    index = [str(v) for v in table.column(INDEX).to_pylist()]
-    columns = [c for c in table.column_names if c != INDEX]
-    try:
-        values = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(float)
-                                  for c in columns])
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"'{path}': every column but '{INDEX}' must be numeric ({exc})") from None
-    if np.isnan(values).any():
-        raise ConfigError(f"'{path}' has missing values")
-    return index, columns, values
-
-
-def write_csv(path: str, header: list[str], rows) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
-def join(mixtures_path: str, losses_path: str) -> tuple[list[str], list[str], np.ndarray,
-                                                        list[str], np.ndarray]:
-    """Mixtures and losses joined on `index` (rows present in both, in mixture order)."""
-    m_index, domains, X = read_csv(mixtures_path)
-    l_index, loss_columns, L = read_csv(losses_path)
-    where = {i: k for k, i in enumerate(l_index)}
-    keep = [k for k, i in enumerate(m_index) if i in where]
-    if not keep:
-        raise ConfigError(f"no '{INDEX}' is shared by '{mixtures_path}' and '{losses_path}'")
-    return ([m_index[k] for k in keep], domains, X[keep], loss_columns,
-            L[[where[m_index[k]] for k in keep]])
-
 
 def resolve_targets(specs: list[str], columns: list[str]) -> dict[str, float]:
     """`COLUMN[=WEIGHT]` (an exact column or a unique substring of one) -> {column: weight}."""
@@ -105,24 +60,6 @@ def aligned_prior(tokens: dict[str, int], domains: list[str]) -> np.ndarray:
     return np.array([prior[d] for d in domains])
 
 
-# --- the fitted model on disk -------------------------------------------------------------------
-
-def load_model(directory: str, kind: str | None = None) -> tuple[MixtureModel, dict]:
-    """The objective model of `kind` (default: the one `fit` chose) and model.json."""
-    path = os.path.join(directory, MODEL_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-    except OSError as exc:
-        raise ConfigError(f"no fitted model in '{directory}': {exc}") from None
-    kind = kind or saved["chosen"]
-    if kind not in saved["kinds"]:
-        raise ConfigError(f"'{directory}' has no {kind} model (has {', '.join(saved['kinds'])})")
-    regressors = {t: REGRESSORS[kind].load(directory, entry)
-                  for t, entry in saved["kinds"][kind].items()}
-    return MixtureModel(saved["domains"], saved["targets"], regressors, kind), saved
-
-
 def mixture_matrix(path: str, domains: list[str]) -> tuple[list[str], np.ndarray]:
     index, columns, X = read_csv(path)
     missing = [d for d in domains if d not in columns]
@@ -148,13 +85,6 @@ def cmd_propose(args) -> int:
               ([i + 1, *(f"{w:.{digits}f}" for w in row)] for i, row in enumerate(mixtures)))
     print(f"sluice mixture: {len(mixtures)} mixtures of {len(domains)} domains -> {args.output}")
     return 0
-
-
-def read_domain_tokens(paths: list[str]) -> dict[str, int]:
-    try:
-        return domain_tokens(paths)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def fit(mixtures: str, losses: str, targets: list[str], kinds: list[str], output: str,
@@ -225,6 +155,9 @@ def fit(mixtures: str, losses: str, targets: list[str], kinds: list[str], output
 
 def cmd_fit(args) -> int:
     kinds = [LIGHTGBM, LINEAR] if args.model == "both" else [args.model]
+    # cross-validation folds and the linear fit, the boosters, the report's figures
+    require("mixture", "sklearn", *([LIGHTGBM] if LIGHTGBM in kinds else []), "matplotlib",
+            by="command 'mixture fit'")
     config = FitConfig(learning_rate=args.learning_rate, rounds=args.rounds,
                        validation_fraction=args.validation_fraction, ensemble=args.ensemble,
                        monotone=args.monotone, folds=args.folds, seed=args.seed)
@@ -305,6 +238,7 @@ def cmd_apply(args) -> int:
 
 
 def cmd_report(args) -> int:
+    require("mixture", "matplotlib", by="command 'mixture report'")
     from pipelines.report import write_mixture_report
 
     path = write_mixture_report(args.model, evals=args.eval, compare=args.compare,

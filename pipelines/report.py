@@ -18,10 +18,15 @@ from typing import Optional
 
 import numpy as np
 import yaml
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure  # the `mixture` extra: `sluice refresh` imports this lazily
 from scipy.stats import spearmanr
 
+from classifiers.regmix import own_domain
+from pipelines.mixture_io import (FIT_FILE, MIXTURE_FILE, REPORT_FILE, TRAIN_FILE, join, load_model,
+                                  read_csv, read_domain_tokens)
+from transforms.core.config import ConfigError
 from transforms.core.files import write_bytes_atomic
+from transforms.mixture.sampling import plan_sampling
 
 STYLE = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1280px;margin:2em auto;
@@ -229,12 +234,6 @@ def write_mixture_report(model_dir: str, evals: Optional[list[str]] = None,
                          max_epochs: float = 4.0, domains: Optional[list[str]] = None,
                          applied: Optional[str] = None) -> str:
     """Render `model_dir/report.html`; returns its path."""
-    from classifiers.regmix import own_domain
-    from pipelines.mixture import (FIT_FILE, MIXTURE_FILE, REPORT_FILE, TRAIN_FILE, join,
-                                   load_model, read_csv)
-    from transforms.core.config import ConfigError
-    from transforms.mixture.sampling import plan_sampling
-
     model, saved = load_model(model_dir)
     with open(os.path.join(model_dir, FIT_FILE), encoding="utf-8") as f:
         fit = json.load(f)
@@ -328,8 +327,6 @@ def write_mixture_report(model_dir: str, evals: Optional[list[str]] = None,
         if plan is None:
             raise ConfigError(f"'{applied}/manifest.json' has no mixture section: not an apply run")
     elif tokens:
-        from pipelines.mixture import read_domain_tokens
-
         counts = read_domain_tokens(domains) if domains else saved.get("tokens")
         if not counts:
             raise ConfigError("a budget table needs token counts: pass --domains")

@@ -23,9 +23,19 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+class _NoMainSessionWarning(logging.Filter):
+    """Drops the harness's "No semi_persistent_directory found" warning, printed by every worker
+    of every local run: a local worker has no staging folder and Sluice pickles no main session,
+    so it says nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No semi_persistent_directory found" not in record.getMessage()
+
+
 def main() -> None:
     from apache_beam.runners.worker import sdk_worker_main
 
+    logging.getLogger(sdk_worker_main.__name__).addFilter(_NoMainSessionWarning())
     sdk_worker_main.main(sys.argv)
     exit_now(0)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import SHARED_DATA
+from tests.support.models import langid_model, quality_model, wiki_lm  # noqa: F401  (fixtures)
 from tests.support.tiny_model import tiny_model_dir, vllm_server  # noqa: F401  (fixtures)
 
 os.environ.setdefault("SLUICE_QUIET", "1")

@@ -19,11 +19,13 @@ from scipy.stats import spearmanr
 from classifiers.regmix import (ProposalConfig, domain_tokens, own_domain, propose,
                                 sample_candidates, token_prior)
 from pipelines.cli import main
-from pipelines.mixture import read_csv, resolve_targets
+from pipelines.mixture import resolve_targets
+from pipelines.mixture_io import read_csv
 from tests.support import test_pipeline
+from transforms.core.columns import MIXTURE_COPY
 from transforms.core.config import ConfigError, parse
 from transforms.io.sink import read_output
-from transforms.mixture.sampling import (COPY, UNKNOWN_SOURCE, UNSAMPLED, MixtureStage, copies_for,
+from transforms.mixture.sampling import (UNKNOWN_SOURCE, UNSAMPLED, MixtureStage, copies_for,
                                          load_weights, plan_sampling)
 
 # RegMix's Pile token shares (sail-sg/regmix mixture_config/synthesize_mixture.py).
@@ -301,10 +303,10 @@ def test_stage_samples_documents_to_the_mixture():
             sources = table.column("source").to_pylist()
             # books: 40 tokens available, capped at 4 epochs = 160 tokens = 40 copies of 10 docs.
             assert sources.count("books") == 40
-            assert sorted(set(table.column(COPY).to_pylist())) == [0, 1, 2, 3]
+            assert sorted(set(table.column(MIXTURE_COPY).to_pylist())) == [0, 1, 2, 3]
             # web takes the rest of the budget: 240 tokens = about 60 of its 300 docs.
             assert 40 <= sources.count("web") <= 80
-            assert max(table.column(COPY).to_pylist()[i] for i, s in enumerate(sources)
+            assert max(table.column(MIXTURE_COPY).to_pylist()[i] for i, s in enumerate(sources)
                        if s == "web") == 0
 
         def check_rejects(batches):

@@ -4,23 +4,32 @@ A stage takes a PCollection of document batches and returns `(documents, rejects
 dead-letter batches (`accounting.REJECT_SCHEMA`). Stages that write extra outputs (dedup clusters,
 say) ask the `JobContext` for a sink, which the job finalizes with the documents.
 
-Per-document logic is a plain function `doc -> [docs]` that raises `Drop(reason)` to remove a
-document (DCLM's mapper shape); `MapDocuments` applies it batch by batch and counts every drop.
+Each stage declares its `Contract`: the columns it reads (required or optional) and writes.
+`check_chain` walks a job's stages over the columns the input provides before anything runs, so
+a filter on a misspelt column or two stages that disagree on a column's name fail at once, naming
+the stage, the column and the nearest existing names.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar, Iterable, Optional
 
 import apache_beam as beam
 
-from transforms.core.accounting import Drop, Rejects
 from transforms.core.config import ConfigError, parse
-from transforms.core.documents import ID, SOURCE, batch_from_rows, rows
+from transforms.core.documents import CORE_FIELDS, TEXT
 from transforms.io.sink import SHARD_INDEX, SinkConfig, WriteArrowShards, WriteShardIndex
 
 REJECTS = "rejects"
+
+
+def documents_and_rejects(batches, label: str, fn: beam.DoFn, *side_inputs):
+    """`(documents, rejects)` of a DoFn that yields document batches and tags dead-letter
+    batches with REJECTS: the shape of every stage's output."""
+    out = batches | label >> beam.ParDo(fn, *side_inputs).with_outputs(REJECTS, main="documents")
+    return out.documents, out[REJECTS]
 
 # Stage name in YAML -> "module:Class". Modules import lazily so a job loads only what it uses.
 STAGES: dict[str, str] = {
@@ -81,8 +90,19 @@ class _OutputSink(beam.PTransform):
         return entries
 
 
+@dataclass(frozen=True)
+class Contract:
+    """The columns a stage reads and writes. `reads` must exist when the stage runs; `optional`
+    change what it does when present (e.g. rephrase routes by a quality bucket if there is one)."""
+
+    reads: tuple[str, ...] = (TEXT,)
+    optional: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
+
 class Stage(beam.PTransform):
-    """Base of configured stages. Subclasses set `Config` and implement `expand`."""
+    """Base of configured stages. Subclasses set `Config`, implement `expand`, and override
+    `contract` when they read more than the text or write columns."""
 
     Config: ClassVar[type]
 
@@ -90,6 +110,9 @@ class Stage(beam.PTransform):
         super().__init__()
         self.config = config
         self.context = context
+
+    def contract(self) -> Contract:
+        return Contract()
 
 
 def stage_class(name: str) -> type[Stage]:
@@ -109,39 +132,32 @@ def build_stage(entry: Any, index: int, context: JobContext) -> tuple[str, Stage
     return f"{index:02d}-{name}", cls(config, context)
 
 
-class MapDocumentsFn(beam.DoFn):
-    """Apply `fn: doc -> [docs]` to every document of every batch; drops and errors dead-letter."""
+def check_chain(stages: Iterable[tuple[str, Stage]], input_fields: Optional[Iterable[str]] = None,
+                ) -> list[str]:
+    """Check that every stage finds the columns it reads; returns notes on optional columns
+    nothing provides. `input_fields` are the columns the input is known to carry besides the
+    core fields. Raises ConfigError naming each missing column and the nearest existing names."""
+    available = set(CORE_FIELDS) | set(input_fields or ())
+    problems, notes = [], []
+    for label, stage in stages:
+        label = _config_key(label)
+        contract = stage.contract()
+        for column in contract.reads:
+            if column not in available:
+                near = difflib.get_close_matches(column, sorted(available), n=3, cutoff=0.6)
+                hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+                problems.append(f"{label} reads column '{column}', which neither the input "
+                                f"nor an earlier stage provides (available: "
+                                f"{', '.join(sorted(available))}){hint}")
+        notes += [f"{label}: optional column '{column}' is not provided; the stage runs "
+                  "without it" for column in contract.optional if column not in available]
+        available |= set(contract.writes)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return notes
 
-    def __init__(self, stage: str, fn: Callable[[dict], list[dict]]):
-        self.stage = stage
-        self.fn = fn
 
-    def process(self, batch):
-        rejects = Rejects(self.stage)
-        out: list[dict] = []
-        for doc in rows(batch):
-            try:
-                out.extend(self.fn(doc))
-            except Drop as drop:
-                rejects.drop(drop.reason, doc.get(ID), doc.get(SOURCE), doc, drop.detail)
-            except Exception as exc:  # one bad document must not kill the run
-                rejects.fail(f"{self.stage}_error", doc.get(ID), doc.get(SOURCE), doc,
-                             f"{type(exc).__name__}: {exc}")
-        if out:
-            yield batch_from_rows(out)
-        if len(rejects):
-            yield beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch())
-
-
-class MapDocuments(beam.PTransform):
-    """(documents, rejects) from a per-document function."""
-
-    def __init__(self, stage: str, fn: Callable[[dict], list[dict]]):
-        super().__init__()
-        self.stage = stage
-        self.fn = fn
-
-    def expand(self, batches):
-        out = batches | beam.ParDo(MapDocumentsFn(self.stage, self.fn)).with_outputs(
-            REJECTS, main="documents")
-        return out.documents, out[REJECTS]
+def _config_key(label: str) -> str:
+    """A stage's graph label (`01-filter`) as the config key a user edits (`stages.1.filter`)."""
+    index, _, name = label.partition("-")
+    return f"stages.{int(index)}.{name}" if index.isdigit() else label

@@ -1,6 +1,6 @@
 """MinHash signatures, LSH band keys and the band/row choice, vectorised over record batches.
 
-Shingles follow the project's definition (methods notes §1): word n-grams (default 5) over the
+Shingles as docs/dedup.md defines them (step 2, "Near"): word n-grams (default 5) over the
 lowercased `\\w+` tokens of a document; a document with fewer than n tokens gives one shingle of
 all its tokens, and one with no tokens gives none. Character n-grams over the normalised text
 are the alternative (NeMo Curator uses 24-grams).

@@ -39,11 +39,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 
 from transforms.core.accounting import Rejects, count, record_max
+from transforms.core.columns import QUALITY_SCORE
 from transforms.core.config import ConfigError, config_dataclass, is_local, local_workers
 from transforms.core.documents import ID, SOURCE, TEXT
 from transforms.core.files import read_arrow, write_arrow_stream
 from transforms.core.progress import Progress
-from transforms.core.stage import REJECTS, Stage
+from transforms.core.stage import REJECTS, Contract, Stage, documents_and_rejects
 from transforms.dedup.components import ConnectedComponents, edge_table, node_keys
 from transforms.dedup.index import ReadIndex, index_schema, open_index
 from transforms.dedup.minhash import (MinHasher, Shingling, band_keys, bbit_jaccard, choose_bands,
@@ -77,7 +78,7 @@ class DedupConfig:
     verify_threshold: Optional[float] = None  # estimated Jaccard an edge needs (`edge_threshold`)
     all_pairs_bucket: int = 64        # buckets up to this size verify every pair
     max_leaders: int = 32             # hotter buckets verify each member against this many
-    quality_column: Optional[str] = "quality_score"
+    quality_column: Optional[str] = QUALITY_SCORE
     cc_rounds: Optional[int] = None   # unrolled contraction rounds (`components_rounds`)
     partitions: Optional[int] = None  # shuffle partitions (`shuffle_partitions`)
     index: Optional[str] = None       # folder of a persisted index to dedup against
@@ -512,6 +513,10 @@ class Dedup(Stage):
 
     Config = DedupConfig
 
+    def contract(self) -> Contract:
+        quality = (self.config.quality_column,) if self.config.quality_column else ()
+        return Contract(optional=quality)
+
     def expand(self, documents):
         config, options = self.config, documents.pipeline.options
         partitions = config.shuffle_partitions(options)
@@ -533,11 +538,9 @@ class Dedup(Stage):
              | "IndexBatches" >> beam.FlatMap(_record_batches)
              | "WriteIndexUpdate" >> self.context.sink("index_update", "index"))
         decisions = survivors[_DECISIONS] | "KeyDecisions" >> beam.FlatMap(_by_batch)
-        applied = ({"spilled": sketched[_SPILLED], "decisions": decisions}
-                   | "JoinDecisions" >> beam.CoGroupByKey()
-                   | "Apply" >> beam.ParDo(ApplyDecisionsFn("dedup")).with_outputs(
-                       REJECTS, main="documents"))
-        return applied.documents, applied[REJECTS]
+        joined = ({"spilled": sketched[_SPILLED], "decisions": decisions}
+                  | "JoinDecisions" >> beam.CoGroupByKey())
+        return documents_and_rejects(joined, "Apply", ApplyDecisionsFn("dedup"))
 
     def _spill_dir(self, options) -> str:
         """Where sketched batches (and, locally, shuffle pieces) are written."""

@@ -28,14 +28,14 @@ import xxhash
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.core.accounting import INPUT, Rejects, count
+from transforms.core.columns import MIXTURE_COPY
 from transforms.core.config import ConfigError, config_dataclass
-from transforms.core.documents import ID, SOURCE, with_column
+from transforms.core.documents import ID, SOURCE, TEXT, with_column
 from transforms.core.files import write_json_atomic
-from transforms.core.stage import REJECTS, Stage
+from transforms.core.stage import REJECTS, Contract, Stage, documents_and_rejects
 from transforms.io.sink import shard_stats
 
 PLAN_FILE = "mixture_plan.json"
-COPY = "mixture_copy"
 UNSAMPLED, UNKNOWN_SOURCE = "mixture_unsampled", "mixture_source_not_in_mixture"
 
 
@@ -182,7 +182,7 @@ class SampleToMixtureFn(beam.DoFn):
             starts = np.cumsum(copies) - copies
             take = np.repeat(np.arange(batch.num_rows), copies)
             copy_index = np.arange(len(take)) - np.repeat(starts, copies)
-            yield with_column(batch.take(pa.array(take)), COPY, pa.array(copy_index, pa.int32()))
+            yield with_column(batch.take(pa.array(take)), MIXTURE_COPY, pa.array(copy_index, pa.int32()))
         if len(rejects):
             yield beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch())
 
@@ -210,12 +210,14 @@ class MixtureStage(Stage):
         if config.tokens <= 0 or config.max_epochs <= 0:
             raise ConfigError("mixture: 'tokens' and 'max_epochs' must be positive")
 
+    def contract(self) -> Contract:
+        return Contract(reads=(SOURCE, TEXT), writes=(MIXTURE_COPY,))
+
     def expand(self, documents):
         output_dir = self.context.output_dir if self.context else None
         plan = (documents
                 | "CountSourceTokens" >> beam.CombineGlobally(SourceTokens())
                 | "Plan" >> beam.Map(make_plan, self.config, output_dir))
-        out = documents | "Sample" >> beam.ParDo(
-            SampleToMixtureFn("mixture", self.config.seed),
-            beam.pvalue.AsSingleton(plan)).with_outputs(REJECTS, main="documents")
-        return out.documents, out[REJECTS]
+        return documents_and_rejects(documents, "Sample",
+                                     SampleToMixtureFn("mixture", self.config.seed),
+                                     beam.pvalue.AsSingleton(plan))

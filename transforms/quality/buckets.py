@@ -23,11 +23,12 @@ import pyarrow.compute as pc
 import xxhash
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.core.columns import HIGH_QUALITY_MIN_BUCKET, QUALITY_BUCKET, QUALITY_TIER
 from transforms.core.config import ConfigError, config_dataclass
 from transforms.core.documents import ID, TEXT
 from transforms.core.files import read_json, write_json_atomic
 from transforms.core.scoring import ScoreBatchFn, Scored
-from transforms.core.stage import REJECTS, Stage
+from transforms.core.stage import Contract, Stage, documents_and_rejects
 
 LOW = "low"
 
@@ -39,9 +40,9 @@ class BucketsConfig:
     recompute: bool = False                # recompute and overwrite an existing table
     percentiles: list[int] = field(default_factory=lambda: list(range(5, 100, 5)))
     max_sample: int = 1_000_000            # documents kept in the reference sample
-    column: str = "quality_bucket"
-    high_min: int = 12                     # buckets >= high_min are high quality
-    tier_column: str = "quality_tier"
+    column: str = QUALITY_BUCKET
+    high_min: int = HIGH_QUALITY_MIN_BUCKET  # buckets >= high_min are high quality
+    tier_column: str = QUALITY_TIER
     low_output: Optional[str] = None       # route low-quality documents to this output
     split: str = "train"                   # split name of the low-quality output's shards
 
@@ -133,9 +134,6 @@ def ensemble_buckets(scores: dict[str, np.ndarray], thresholds: dict[str, list[f
 class BucketFn(ScoreBatchFn):
     stage = "buckets"
 
-    def __init__(self, config: BucketsConfig):
-        self.config = config
-
     def score(self, batch, table) -> Scored:
         missing = [c for c in self.config.columns if c not in table["thresholds"]]
         if missing:
@@ -148,6 +146,10 @@ class BucketFn(ScoreBatchFn):
         return Scored(columns={
             self.config.column: pa.array(buckets, mask=buckets < 0),
             self.config.tier_column: pa.array(tiers.tolist(), type=pa.string())})
+
+
+def write_table(table: dict, path: str) -> None:
+    write_json_atomic(path, table)
 
 
 def split_low(batch: pa.RecordBatch, tier_column: str):
@@ -173,6 +175,10 @@ class BucketsStage(Stage):
         if config.low_output and context is None:
             raise ConfigError("buckets: low_output needs a job to write the extra output")
 
+    def contract(self) -> Contract:
+        return Contract(reads=tuple(self.config.columns),
+                        writes=(self.config.column, self.config.tier_column))
+
     def expand(self, documents):
         config = self.config
         if FileSystems.exists(config.table) and not config.recompute:
@@ -184,15 +190,13 @@ class BucketsStage(Stage):
                                ReferenceSample(config.columns, config.max_sample))
                            | "Percentiles" >> beam.Map(percentile_table, config.columns,
                                                        config.percentiles))
-            table_input | "SaveTable" >> beam.Map(lambda table, path: write_json_atomic(path, table), config.table)
-        scored = documents | "Bucket" >> beam.ParDo(
-            BucketFn(config), beam.pvalue.AsSingleton(table_input)).with_outputs(
-            REJECTS, main="documents")
-        kept = scored.documents
+            table_input | "SaveTable" >> beam.Map(write_table, config.table)
+        kept, rejects = documents_and_rejects(documents, "Bucket", BucketFn(config),
+                                              beam.pvalue.AsSingleton(table_input))
         if config.low_output:
             routed = kept | "Route" >> beam.ParDo(split_low, config.tier_column).with_outputs(
                 LOW, main="high")
             routed[LOW] | "WriteLow" >> self.context.sink(config.low_output, config.split,
                                                           count_kept=True)
             kept = routed.high
-        return kept, scored[REJECTS]
+        return kept, rejects

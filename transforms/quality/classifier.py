@@ -8,32 +8,33 @@ re-thresholded without re-scoring.
 from __future__ import annotations
 
 from classifiers.fasttext_quality import POSITIVE, Classifier, require_file
+from transforms.core.columns import QUALITY_SCORE
 from transforms.core.config import config_dataclass
 from transforms.core.documents import TEXT
 from transforms.core.scoring import ScoreBatchFn, Scored, ScoringStage
+from transforms.core.stage import Contract
 
 
 @config_dataclass
 class QualityConfig:
     model: str
-    column: str = "quality_score"
+    column: str = QUALITY_SCORE
     label: str = POSITIVE       # the label whose probability is the score
 
 
 class QualityFn(ScoreBatchFn):
     stage = "quality"
 
-    def __init__(self, config: QualityConfig):
-        self.config = config
+    def model_key(self) -> str:
+        return self.config.model
 
-    def setup(self):
-        super().setup()
-        self.classifier = Classifier.from_path(self.config.model, "quality model")
+    def load_model(self) -> Classifier:
+        return Classifier.from_path(self.config.model, "quality model")
 
     def score(self, batch) -> Scored:
         texts = batch.column(TEXT).to_pylist()
         return Scored(columns={self.config.column:
-                               self.classifier.probability(texts, self.config.label)})
+                               self.model.probability(texts, self.config.label)})
 
 
 class QualityStage(ScoringStage):
@@ -44,6 +45,9 @@ class QualityStage(ScoringStage):
     def __init__(self, config: QualityConfig, context=None):
         super().__init__(config, context)
         require_file(config.model, "quality model")
+
+    def contract(self) -> Contract:
+        return Contract(writes=(self.config.column,))
 
     def score_fn(self) -> QualityFn:
         return QualityFn(self.config)

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from transforms.core.config import ConfigError, config_dataclass
 from transforms.core.scoring import ScoreBatchFn, Scored, ScoringStage
+from transforms.core.stage import Contract
 
 
 @config_dataclass
@@ -58,9 +59,6 @@ def drop_reasons(column: Optional[pa.Array], n: int, config: FilterConfig) -> li
 class FilterFn(ScoreBatchFn):
     stage = "filter"
 
-    def __init__(self, config: FilterConfig):
-        self.config = config
-
     def score(self, batch) -> Scored:
         index = batch.schema.get_field_index(self.config.column)
         column = batch.column(index) if index >= 0 else None
@@ -79,6 +77,11 @@ class FilterStage(ScoringStage):
         super().__init__(config, context)
         if config.min is None and config.max is None and config.values is None:
             raise ConfigError(f"filter on '{config.column}': give min, max or values")
+
+    def contract(self) -> Contract:
+        if self.config.missing == "keep":  # rows without the column are kept: it may be absent
+            return Contract(reads=(), optional=(self.config.column,))
+        return Contract(reads=(self.config.column,))
 
     def score_fn(self) -> FilterFn:
         return FilterFn(self.config)

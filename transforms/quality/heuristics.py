@@ -28,6 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.core.config import ConfigError, config_dataclass
 from transforms.core.documents import TEXT
 from transforms.core.scoring import ScoreBatchFn, Scored, ScoringStage
+from transforms.core.stage import Contract
 
 GOPHER_STOP_WORDS = frozenset(("the", "be", "to", "of", "and", "that", "have", "with"))
 BULLETS = ("•", "-", "*", "‣", "◦", "●", "▪", "–", "·")
@@ -379,36 +380,22 @@ class Heuristics:
 class HeuristicsFn(ScoreBatchFn):
     stage = "heuristics"
 
-    def __init__(self, config: HeuristicsConfig):
-        self.config = config
-
-    def setup(self):
-        super().setup()
-        self.heuristics = Heuristics(self.config)
+    def load_model(self) -> Heuristics:
+        return Heuristics(self.config)
 
     def score(self, batch) -> Scored:
-        names = self.heuristics.rule_names
+        names = self.model.rule_names
         texts = batch.column(TEXT).to_pylist()
         columns: dict[str, list] = {name: [] for name in names}
-        new_texts, drops, details, failures = [], [], [], []
-        for text in texts:
-            try:
-                new_text, signals, failed = self.heuristics.evaluate(text)
-            except Exception as exc:  # one pathological text must not kill the run
-                new_texts.append(text)
-                failures.append("heuristics_error")
-                drops.append(None)
-                details.append(f"{type(exc).__name__}: {exc}")
-                for name in names:
-                    columns[name].append(None)
-                continue
+        new_texts, drops, details = [], [], []
+        for text in texts:  # a text that raises fails alone (the base's row-by-row retry)
+            new_text, signals, failed = self.model.evaluate(text)
             new_texts.append(new_text)
-            failures.append(None)
             drops.append(failed[0] if failed and self.config.drop else None)
-            details.append(self.heuristics.describe(failed, signals))
+            details.append(self.model.describe(failed, signals))
             for name in names:
                 columns[name].append(signals.get(name))
-        scored = Scored(drop_reasons=drops, details=details, failures=failures)
+        scored = Scored(drop_reasons=drops, details=details)
         if self.config.columns:
             scored.columns = dict(columns)
         if self.config.c4_clean_lines and "c4" in self.config.rule_sets:
@@ -423,7 +410,12 @@ class HeuristicsStage(ScoringStage):
 
     def __init__(self, config: HeuristicsConfig, context=None):
         super().__init__(config, context)
-        Heuristics(config)  # unknown rule names and a missing word list fail before the run
+        # unknown rule names and a missing word list fail before the run
+        self.rule_names = Heuristics(config).rule_names
+
+    def contract(self) -> Contract:
+        signals = tuple(self.rule_names) if self.config.columns else ()
+        return Contract(writes=signals)
 
     def score_fn(self) -> HeuristicsFn:
         return HeuristicsFn(self.config)

@@ -7,30 +7,31 @@ Adds `language` (the top label without `__label__`, e.g. `en`; GlotLID labels lo
 from __future__ import annotations
 
 from classifiers.fasttext_quality import Classifier, require_file
+from transforms.core.columns import LANGUAGE, LANGUAGE_SCORE
 from transforms.core.config import config_dataclass
 from transforms.core.documents import TEXT
 from transforms.core.scoring import ScoreBatchFn, Scored, ScoringStage
+from transforms.core.stage import Contract
 
 
 @config_dataclass
 class LangIdConfig:
     model: str
-    column: str = "language"
-    score_column: str = "language_score"
+    column: str = LANGUAGE
+    score_column: str = LANGUAGE_SCORE
 
 
 class LangIdFn(ScoreBatchFn):
     stage = "langid"
 
-    def __init__(self, config: LangIdConfig):
-        self.config = config
+    def model_key(self) -> str:
+        return self.config.model
 
-    def setup(self):
-        super().setup()
-        self.classifier = Classifier.from_path(self.config.model, "language-ID model")
+    def load_model(self) -> Classifier:
+        return Classifier.from_path(self.config.model, "language-ID model")
 
     def score(self, batch) -> Scored:
-        labels, probabilities = self.classifier.top(batch.column(TEXT).to_pylist())
+        labels, probabilities = self.model.top(batch.column(TEXT).to_pylist())
         return Scored(columns={self.config.column: labels,
                                self.config.score_column: probabilities})
 
@@ -43,6 +44,9 @@ class LangIdStage(ScoringStage):
     def __init__(self, config: LangIdConfig, context=None):
         super().__init__(config, context)
         require_file(config.model, "language-ID model")
+
+    def contract(self) -> Contract:
+        return Contract(writes=(self.config.column, self.config.score_column))
 
     def score_fn(self) -> LangIdFn:
         return LangIdFn(self.config)

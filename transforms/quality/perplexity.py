@@ -17,6 +17,7 @@ import io
 import os
 import re
 import unicodedata
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -24,9 +25,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from classifiers import kenlm_model
 from classifiers.fasttext_quality import local_copy, require_file
+from transforms.core.columns import PERPLEXITY, PERPLEXITY_BUCKET
 from transforms.core.config import ConfigError, config_dataclass
 from transforms.core.documents import TEXT
 from transforms.core.scoring import ScoreBatchFn, Scored, ScoringStage
+from transforms.core.stage import Contract
 
 CUTOFFS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "cc_net_cutoff.csv")
 HEAD, MIDDLE, TAIL, UNSCORED = "head", "middle", "tail", "all"
@@ -124,20 +127,27 @@ class PerplexityConfig:
     cutoffs: Optional[str] = None          # default: cc_net's table, shipped with Sluice
     head_percentile: int = 30
     tail_percentile: int = 60
-    column: str = "perplexity"
-    bucket_column: str = "perplexity_bucket"
+    column: str = PERPLEXITY
+    bucket_column: str = PERPLEXITY_BUCKET
+
+
+@dataclass
+class PerplexityModel:
+    """What a perplexity worker loads once per process: the KenLM model and its tokenizer."""
+
+    lm: object
+    tokenizer: LineTokenizer
 
 
 class PerplexityFn(ScoreBatchFn):
     stage = "perplexity"
 
-    def __init__(self, config: PerplexityConfig):
-        self.config = config
+    def load_model(self) -> "PerplexityModel":
+        return PerplexityModel(kenlm_model.load(self.config.model),
+                               LineTokenizer(self.config.sentencepiece))
 
     def setup(self):
         super().setup()
-        self.model = kenlm_model.load(self.config.model)
-        self.tokenizer = LineTokenizer(self.config.sentencepiece)
         self.cutoffs = load_cutoffs(self.config.cutoffs, self.config.head_percentile,
                                     self.config.tail_percentile).get(self.config.language)
 
@@ -151,8 +161,8 @@ class PerplexityFn(ScoreBatchFn):
             if language != self.config.language:
                 values.append(float("nan"))
                 continue
-            lines = self.tokenizer.lines(text)
-            values.append(perplexity(kenlm_model.line_log10(self.model, lines), lines))
+            lines = self.model.tokenizer.lines(text)
+            values.append(perplexity(kenlm_model.line_log10(self.model.lm, lines), lines))
         buckets = [bucket(v, self.cutoffs) for v in values]
         return Scored(columns={self.config.column: [None if v != v else v for v in values],
                                self.config.bucket_column: buckets})
@@ -170,6 +180,10 @@ class PerplexityStage(ScoringStage):
         if config.language not in load_cutoffs(config.cutoffs, config.head_percentile,
                                                config.tail_percentile):
             raise ConfigError(f"perplexity: no cutoffs for language '{config.language}'")
+
+    def contract(self) -> Contract:
+        language = (self.config.language_column,) if self.config.language_column else ()
+        return Contract(optional=language, writes=(self.config.column, self.config.bucket_column))
 
     def score_fn(self) -> PerplexityFn:
         return PerplexityFn(self.config)

@@ -25,11 +25,14 @@ import xxhash
 
 from classifiers.proxy import (EL2N, LM_LOSS, PERPLEXITY, ProxyConfig, load_proxy, to_bytes,
                                train_proxy)
-from transforms.core.accounting import Rejects, count
-from transforms.core.config import config_dataclass
-from transforms.core.documents import ID, SOURCE, TEXT, rows, with_column
-from transforms.core.progress import Progress
-from transforms.core.stage import REJECTS, Stage
+from transforms.core.accounting import count
+from transforms.core.columns import EL2N as EL2N_COLUMN
+from transforms.core.columns import PROXY_LOSS, PROXY_PERPLEXITY
+from transforms.core.config import ConfigError, config_dataclass
+from transforms.core.documents import TEXT
+from transforms.core.extras import require
+from transforms.core.scoring import ScoreBatchFn, Scored
+from transforms.core.stage import Contract, Stage, documents_and_rejects
 from transforms.selection.select import BottomK, random_keys
 
 
@@ -97,42 +100,32 @@ def _nullable(values: np.ndarray) -> pa.Array:
 @config_dataclass
 class El2nConfig:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
-    score_field: str = EL2N
-    loss_field: str = "proxy_loss"
-    perplexity_field: str = "proxy_perplexity"
+    score_field: str = EL2N_COLUMN
+    loss_field: str = PROXY_LOSS
+    perplexity_field: str = PROXY_PERPLEXITY
 
 
-class ScoreFn(beam.DoFn):
-    def __init__(self, config: El2nConfig):
-        self.config = config
+class ScoreFn(ScoreBatchFn):
+    stage = "el2n"
 
     def setup(self):
+        super().setup()
         self.proxy = CachedProxy(self.config.proxy)
-        self.progress = Progress("el2n")
 
-    def process(self, batch, model: bytes):
+    def score(self, batch, model: bytes) -> Scored:
         c = self.config
         if not model:
-            raise RuntimeError(f"no document to train the EL2N proxy on (label_field "
-                               f"{c.proxy.label_field!r} missing everywhere?)")
+            raise ConfigError(f"no document to train the EL2N proxy on (label_field "
+                              f"{c.proxy.label_field!r} missing everywhere?)")
         texts = batch.column(TEXT).to_pylist()
         labels = (batch.column(c.proxy.label_field).to_pylist()
                   if c.proxy.label_field in batch.schema.names else [None] * len(texts))
-        try:
-            scores = self.proxy.get(model).score(texts, labels)
-        except Exception as exc:  # a batch the proxy cannot score fails, the run goes on
-            rejects = Rejects("el2n")
-            for doc in rows(batch):
-                rejects.fail("el2n_error", doc.get(ID), doc.get(SOURCE), doc,
-                             f"{type(exc).__name__}: {exc}")
-            yield beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch())
-            return
-        batch = with_column(batch, c.score_field, _nullable(scores[EL2N]))
+        scores = self.proxy.get(model).score(texts, labels)
+        columns = {c.score_field: _nullable(scores[EL2N])}
         if LM_LOSS in scores:
-            batch = with_column(batch, c.loss_field, _nullable(scores[LM_LOSS]))
-            batch = with_column(batch, c.perplexity_field, _nullable(scores[PERPLEXITY]))
-        self.progress.add(batch.num_rows)
-        yield batch
+            columns |= {c.loss_field: _nullable(scores[LM_LOSS]),
+                        c.perplexity_field: _nullable(scores[PERPLEXITY])}
+        return Scored(columns=columns)
 
 
 class El2n(Stage):
@@ -140,9 +133,17 @@ class El2n(Stage):
 
     Config = El2nConfig
 
+    def __init__(self, config: El2nConfig, context=None):
+        require("selection", "torch", "sklearn", by="stage 'el2n'")
+        super().__init__(config, context)
+
+    def contract(self) -> Contract:
+        c = self.config
+        label = (c.proxy.label_field,) if c.proxy.label_field else ()
+        lm = (c.loss_field, c.perplexity_field) if c.proxy.label_field is None else ()
+        return Contract(reads=(TEXT, *label), writes=(c.score_field, *lm))
+
     def expand(self, documents):
         model = documents | "TrainProxy" >> TrainProxy(self.config.proxy)
-        out = documents | "Score" >> beam.ParDo(
-            ScoreFn(self.config), beam.pvalue.AsSingleton(model)).with_outputs(
-            REJECTS, main="documents")
-        return out.documents, out[REJECTS]
+        return documents_and_rejects(documents, "Score", ScoreFn(self.config),
+                                     beam.pvalue.AsSingleton(model))

@@ -24,15 +24,13 @@ import pyarrow as pa
 import xxhash
 
 from transforms.core.accounting import Rejects
+from transforms.core.columns import (SELECTION_COUNT, SELECTION_PROBABILITY,
+                                     SELECTION_REPRESENTATIVE, SELECTION_WEIGHT)
 from transforms.core.config import config_dataclass
 from transforms.core.documents import ID, SOURCE, with_column
-from transforms.core.stage import REJECTS, Stage
+from transforms.core.stage import REJECTS, Contract, Stage, documents_and_rejects
 
 NOT_SELECTED, NO_SCORE = "not_selected", "no_score"
-SELECTION_COUNT = "selection_count"
-SELECTION_PROBABILITY = "selection_probability"
-SELECTION_WEIGHT = "selection_weight"
-SELECTION_REPRESENTATIVE = "selection_representative"
 
 
 def batch_key(batch: pa.RecordBatch) -> int:
@@ -250,9 +248,8 @@ class WeightedSample(beam.PTransform):
         side = [beam.pvalue.AsSingleton(plan)]
         if self.forced_ids is not None:
             side.append(beam.pvalue.AsSingleton(self.forced_ids))
-        out = batches | "Draw" >> beam.ParDo(DrawFn(self.stage, column, size, seed, strata), *side
-                                             ).with_outputs(REJECTS, main="documents")
-        return out.documents, out[REJECTS]
+        return documents_and_rejects(batches, "Draw",
+                                     DrawFn(self.stage, column, size, seed, strata), *side)
 
 
 # --- fraction policies ----------------------------------------------------------------------
@@ -311,10 +308,8 @@ class KeepFraction(beam.PTransform):
                   | "SampleScores" >> beam.Map(keyed_scores)
                   | "ScoreSample" >> beam.CombineGlobally(BottomK(self.sample_size))
                   | "Bounds" >> beam.Map(score_bounds, self.policy, self.fraction))
-        out = batches | "Keep" >> beam.ParDo(
-            KeepInBoundsFn(self.stage, field), beam.pvalue.AsSingleton(bounds)).with_outputs(
-            REJECTS, main="documents")
-        return out.documents, out[REJECTS]
+        return documents_and_rejects(batches, "Keep", KeepInBoundsFn(self.stage, field),
+                                     beam.pvalue.AsSingleton(bounds))
 
 
 @config_dataclass
@@ -337,6 +332,11 @@ class Select(Stage):
     """Keep documents by a score column (see module docstring)."""
 
     Config = SelectConfig
+
+    def contract(self) -> Contract:
+        weights = ((SELECTION_COUNT, SELECTION_PROBABILITY, SELECTION_WEIGHT)
+                   if self.config.policy == "weighted" else ())
+        return Contract(reads=(self.config.score_field,), writes=weights)
 
     def expand(self, documents):
         c = self.config

@@ -28,26 +28,28 @@ from typing import Literal, Optional, Union
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from sklearn.cluster import MiniBatchKMeans
 
 from classifiers.embeddings import EmbeddingConfig, load_embedder
 from classifiers.proxy import EL2N, LM_LOSS, ProxyConfig, load_proxy
 from transforms.core.accounting import count
+from transforms.core.columns import (CLUSTER, CLUSTER_DISTANCE, SELECTION_COUNT,
+                                     SELECTION_PROBABILITY, SELECTION_REPRESENTATIVE,
+                                     SELECTION_WEIGHT, SENSITIVITY_VALUE)
 from transforms.core.config import config_dataclass
 from transforms.core.documents import ID, TEXT, with_column
+from transforms.core.extras import require
 from transforms.core.progress import Progress
-from transforms.core.stage import Stage
+from transforms.core.stage import Contract, Stage
 from transforms.selection.el2n import TrainProxy
 from transforms.selection.select import (BottomK, WeightedSample, draw_in_batch, draw_plan,
                                          float_column, random_keys, stratum_masses)
-
-CLUSTER, DISTANCE, VALUE = "kmeans_cluster", "kmeans_distance", "sensitivity_value"
-
 
 # --- the numerical core (plain numpy, shared with bench/selection.py) -----------------------
 
 def fit_centres(sample: np.ndarray, clusters: int, seed: int) -> np.ndarray:
     """k-means centres of the sampled embeddings (fewer when there are fewer points)."""
+    from sklearn.cluster import MiniBatchKMeans  # the `selection` extra, checked by the stage
+
     if not len(sample):
         return np.zeros((0, 0), dtype=np.float32)
     kmeans = MiniBatchKMeans(n_clusters=min(clusters, len(sample)), random_state=seed, n_init=3,
@@ -138,7 +140,7 @@ def assign_batch(element, centres: np.ndarray) -> pa.RecordBatch:
     batch, embeddings = element
     cluster, distance = assign(embeddings, centres)
     batch = with_column(batch, CLUSTER, pa.array(cluster))
-    return with_column(batch, DISTANCE, pa.array(distance))
+    return with_column(batch, CLUSTER_DISTANCE, pa.array(distance))
 
 
 class Representatives(beam.CombineFn):
@@ -154,7 +156,7 @@ class Representatives(beam.CombineFn):
 
     def add_input(self, accumulator, batch):
         cluster = batch.column(CLUSTER).to_numpy()
-        distance = batch.column(DISTANCE).to_numpy()
+        distance = batch.column(CLUSTER_DISTANCE).to_numpy()
         loss = (float_column(batch, self.loss_field) if self.loss_field
                 else np.zeros(batch.num_rows))
         eligible = np.isfinite(loss)
@@ -212,9 +214,9 @@ def add_values(batch: pa.RecordBatch, representatives: dict, config: "Sensitivit
     fallback = representatives["fallback"]
     rep_loss = np.array([table.get(int(c), fallback) for c in cluster], dtype=np.float64)
     rep_loss = np.where(np.isfinite(rep_loss), rep_loss, fallback)
-    values = sensitivity_values(rep_loss, batch.column(DISTANCE).to_numpy(),
+    values = sensitivity_values(rep_loss, batch.column(CLUSTER_DISTANCE).to_numpy(),
                                 representatives["holder_lambda"], config.power)
-    return with_column(batch, VALUE, pa.array(values))
+    return with_column(batch, SENSITIVITY_VALUE, pa.array(values))
 
 
 @config_dataclass
@@ -246,6 +248,20 @@ class Sensitivity(Stage):
 
     Config = SensitivityConfig
 
+    def __init__(self, config: SensitivityConfig, context=None):
+        # k-means and hashed embeddings: scikit-learn; the proxy LM and MiniLM: torch
+        needs_torch = config.loss_field is None or config.embedding.model != "hashed"
+        require("selection", "sklearn", *(["torch"] if needs_torch else []),
+                by="stage 'sensitivity'")
+        super().__init__(config, context)
+
+    def contract(self) -> Contract:
+        loss = (self.config.loss_field,) if self.config.loss_field else ()
+        representative = (SELECTION_REPRESENTATIVE,) if self.config.add_representatives else ()
+        return Contract(reads=(TEXT, *loss), writes=(
+            CLUSTER, CLUSTER_DISTANCE, SENSITIVITY_VALUE, SELECTION_COUNT, SELECTION_PROBABILITY,
+            SELECTION_WEIGHT, *representative))
+
     def expand(self, documents):
         c = self.config
         embedded = documents | "Embed" >> beam.ParDo(EmbedFn(c.embedding))
@@ -264,5 +280,5 @@ class Sensitivity(Stage):
                                                 beam.pvalue.AsSingleton(representatives), c)
         forced = (representatives | "RepresentativeIds" >> beam.Map(lambda r: r["ids"])
                   if c.add_representatives else None)
-        return valued | "Sample" >> WeightedSample("sensitivity", VALUE, c.size, c.seed, forced,
+        return valued | "Sample" >> WeightedSample("sensitivity", SENSITIVITY_VALUE, c.size, c.seed, forced,
                                                    stratum_column=CLUSTER)

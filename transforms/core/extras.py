@@ -1,0 +1,43 @@
+"""Optional dependencies: `pip install sluice` brings what the core stages need (ingest,
+heuristics, dedup, langid, quality, perplexity, buckets, filter, sink); heavy stacks come with
+the extra of the stage or command that needs them (setup.py `extras_require`):
+
+    selection  torch, scikit-learn            stages el2n, sensitivity; `sluice select`
+    mixture    lightgbm, scikit-learn, matplotlib   `sluice mixture fit|predict|report`, the
+                                              corpus report of `sluice refresh`
+    llm        transformers, tokenizers       chunking for the vLLM stages (rephrase, lm_perplexity)
+
+`require` checks before anything runs (a stage's `__init__`, a command's start), so a missing
+extra is one line naming the `pip install` that fixes it, not an ImportError on a worker.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+from transforms.core.config import ConfigError
+
+# Import name -> the distribution pip installs, where they differ.
+DISTRIBUTIONS = {"sklearn": "scikit-learn"}
+
+
+def missing(*modules: str) -> list[str]:
+    """The top-level modules of `modules` that cannot be imported here (checked without
+    importing them, so a present torch costs nothing)."""
+    absent = []
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a broken parent package, or a spec-less module
+            found = False
+        if not found:
+            absent.append(module)
+    return absent
+
+
+def require(extra: str, *modules: str, by: str) -> None:
+    """Raise ConfigError `<by> needs <packages>: pip install "sluice[<extra>]"` unless every
+    module imports. `by` names the user: "stage 'el2n'", "command 'mixture fit'"."""
+    absent = missing(*modules)
+    if absent:
+        packages = ", ".join(DISTRIBUTIONS.get(m, m) for m in absent)
+        raise ConfigError(f'{by} needs {packages}: pip install "sluice[{extra}]"')

@@ -1,0 +1,43 @@
+"""The columns an input carries, read from a sample before the job runs.
+
+The chain check (`transforms.core.stage.check_chain`) needs the fields a stage may read from the
+input itself (a `label` or `quality_score` column in JSONL, say). Parquet and Arrow files say it
+in their schema; JSONL, WARC and WET records are sampled: the first records of the first files
+of each input glob, mapped to documents exactly as ingest maps them.
+"""
+from __future__ import annotations
+
+import itertools
+
+from transforms.io.ingest import (READERS, Failure, InputSpec, expand_inputs, format_of,
+                                  source_from_path, to_document)
+
+FILES_PER_INPUT = 4
+RECORDS_PER_FILE = 200
+
+
+def input_fields(specs: list[InputSpec]) -> set[str]:
+    """Every document field seen in a sample of each input (raises ConfigError for an input
+    glob that matches no file, as the job would)."""
+    fields: set[str] = set()
+    seen: dict[int, int] = {}
+    for index, path, _size in expand_inputs(specs):
+        if seen.get(index, 0) >= FILES_PER_INPUT:
+            continue
+        seen[index] = seen.get(index, 0) + 1
+        spec = specs[index]
+        records = READERS[format_of(spec, path)](path)
+        try:
+            for record in itertools.islice(records, RECORDS_PER_FILE):
+                if isinstance(record, Failure):
+                    continue
+                doc = to_document(dict(record), spec, source_from_path(path))
+                if not isinstance(doc, Failure):
+                    fields.update(doc)
+        except Exception:  # an unreadable file is ingest's to report, with its records counted
+            continue
+        finally:
+            close = getattr(records, "close", None)
+            if close:
+                close()
+    return fields
