@@ -4,19 +4,29 @@ The pipeline is a readable chain: Ingest, the configured stages in order, then t
 sink and the dead-letter sink. Locally it runs on Beam's FnApiRunner with one worker process per
 core (the plain DirectRunner would first try to download Prism); `--runner DataflowRunner` (or the
 portable runner for Flink/Spark) with the usual options runs the same graph remotely.
+
+A run replaces its output folder as a whole (`OutputTarget`): everything is written into the
+sibling `OUTPUT.staging-<run_id>/`, which one final commit step puts in place of `OUTPUT`.
 """
 from __future__ import annotations
 
 import copy
 import datetime as dt
+import errno
+import fcntl
+import glob
 import hashlib
 import json
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import uuid
 from dataclasses import field
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import apache_beam as beam
 import yaml
@@ -25,11 +35,13 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
                                                   StandardOptions, TestOptions, TypeOptions)
 from apache_beam.portability import python_urns
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from pydantic import Field
 
 from transforms.core.accounting import run_stats, summary
 from transforms.core.config import ConfigError, config_dataclass, is_local, parse, to_dict
 from transforms.core.files import write_json_atomic
-from transforms.core.stage import JobContext, build_stage
+from transforms.core.stage import JobContext, build_stage, check_chain
+from transforms.io import schema
 from transforms.io.ingest import IngestConfig, InputSpec, ReadDocuments
 from transforms.io.sink import SinkConfig, finalize_output, read_shard_index
 
@@ -39,12 +51,13 @@ DOCUMENTS, DEAD_LETTER = "documents", "dead_letter"
 
 @config_dataclass
 class JobConfig:
-    input: list[InputSpec]
-    output: str
+    input: Annotated[list[InputSpec], Field(min_length=1)]
+    output: Annotated[str, Field(min_length=1)]
     stages: list[dict[str, Any]] = field(default_factory=list)
-    split: str = "train"
+    split: Annotated[str, Field(pattern=r"^[\w.-]+$")] = "train"
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
+    allow_empty: bool = False  # a run that reads no records fails unless this is set
 
 
 # --- config loading -----------------------------------------------------------------------------
@@ -76,8 +89,16 @@ def load_config(path: Optional[str], inputs: Optional[list[str]] = None,
     """The resolved config data: YAML file, then `--input`/`--output`, then `--set` overrides."""
     data: dict = {}
     if path:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config '{path}': {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}: "
+                              f"{getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a job config must be a mapping")
     data = copy.deepcopy(data)
@@ -89,6 +110,9 @@ def load_config(path: Optional[str], inputs: Optional[list[str]] = None,
         set_dotted(data, assignment)
     if isinstance(data.get("input"), (str, dict)):
         data["input"] = [data["input"]]
+    if not isinstance(data.get("input") or [], list):
+        raise ConfigError(f"'input' must be a glob, a mapping or a list of them, "
+                          f"got {data['input']!r}")
     data["input"] = [{"path": i} if isinstance(i, str) else i for i in data.get("input") or []]
     return data
 
@@ -147,6 +171,227 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
     return options, None
 
 
+# --- the output folder: staged whole, committed at once -----------------------------------------
+
+class OutputError(OSError):
+    """The output folder cannot be written, or another run is writing it (a one-line message)."""
+
+
+def fault_point(name: str) -> None:
+    """Test-only fault injection, free when unset: `SLUICE_FAULT=finalize:<name>` SIGKILLs this
+    process at that named point of the commit, `SLUICE_FAULT=finalize:<name>:enospc` raises a
+    disk-full error there. The points: shards-moved, manifest-written, old-moved, new-moved,
+    committed."""
+    spec = os.environ.get("SLUICE_FAULT")
+    if not spec:
+        return
+    phase, _, rest = spec.partition(":")
+    point, _, action = rest.partition(":")
+    if phase != "finalize" or point != name:
+        return
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class OutputTarget:
+    """Where a run writes, and the one step that makes it visible.
+
+    Everything (every output folder, manifest.json, stats.json, the stages' own files) goes into
+    the sibling `OUTPUT.staging-<run_id>/` (`root`; shard pieces and spills under `parts`).
+
+    Local folders: `OUTPUT.lock` is held with `flock` for the whole run (the kernel drops it when
+    the process dies), so a second run into the same output fails at once. With it held, a run
+    first recovers from a killed one (a missing `OUTPUT` beside an `OUTPUT.old-*` was killed
+    between the two renames below: the old folder is put back) and deletes every stale
+    `OUTPUT.staging-*` and `OUTPUT.old-*`. The commit renames `OUTPUT` to `OUTPUT.old-<run_id>`,
+    the staging folder to `OUTPUT`, then deletes the old one: a kill at any instant leaves the
+    previous complete output or the new one (between the renames, under `OUTPUT.old-*` until the
+    next run puts it back). The staging folder is removed when a run fails.
+
+    Object stores (gs://, s3://) have no folder rename and no lock: `manifest.json` is the commit
+    marker. The commit deletes the old `OUTPUT/manifest.json` first, then every other old file,
+    moves the staged files in and `manifest.json` last, so a folder without a manifest is an
+    unfinished commit (the next run redoes it). Stale `OUTPUT.staging-*` prefixes of killed runs
+    are deleted at the next start; two concurrent runs into one remote output are not detected.
+    """
+
+    RUN_ID = r"\d{8}T\d{6}-[0-9a-f]{8}"
+
+    def __init__(self, output: str, run_id: str, dry_run: bool = False, log=print):
+        self.remote = "://" in output
+        self.output = output.rstrip("/") if self.remote else os.path.abspath(output)
+        self.run_id = run_id
+        self.root = f"{self.output}.staging-{run_id}"
+        self.parts = f"{self.root}/.parts"
+        self.dry_run = dry_run
+        self.log = log
+        self.committed = False
+        self._lock: Optional[int] = None
+
+    def __enter__(self) -> "OutputTarget":
+        if self.dry_run:
+            return self
+        if self.remote:
+            stale = [m.path for m in FileSystems.match(
+                [f"{self.output}.staging-*/**"])[0].metadata_list]
+            if stale:
+                FileSystems.delete(stale)
+            return self
+        try:
+            self._prepare_local()
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if not self.committed and not self.dry_run:
+                self._remove(self.root)
+        finally:
+            self._unlock()
+
+    # local ---------------------------------------------------------------------------------------
+
+    def _prepare_local(self) -> None:
+        out, parent = self.output, os.path.dirname(self.output)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise OutputError(f"output '{out}' exists and is not a folder")
+        try:
+            if os.path.exists(parent) and not os.path.isdir(parent):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"output '{out}': cannot create '{parent}': "
+                              f"{exc.strerror or exc}") from None
+        self._lock_output()
+        siblings = [p for p in glob.glob(f"{glob.escape(out)}.*") if re.fullmatch(
+            rf"{re.escape(out)}\.(staging|old)-{self.RUN_ID}", p)]
+        olds = sorted(p for p in siblings if ".old-" in p[len(out):])
+        if not os.path.lexists(out) and olds:
+            os.rename(olds[-1], out)
+            self.log(f"sluice: put back '{out}' from a run killed while committing")
+        for path in siblings:
+            self._remove(path)
+        try:
+            os.makedirs(self.root)
+        except OSError as exc:
+            raise OutputError(f"output '{out}' is not writable: {exc.strerror or exc} "
+                              f"('{self.root}')") from None
+
+    def _lock_output(self) -> None:
+        """Hold `OUTPUT.lock`: write who holds it (also the probe that the parent folder takes
+        files), or fail naming the run that holds it."""
+        path = f"{self.output}.lock"
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise OutputError(f"output '{self.output}' is not writable: "
+                                  f"{exc.strerror or exc} ('{path}')") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another run"
+                os.close(fd)
+                raise OutputError(f"output '{self.output}' is being written by {holder} "
+                                  f"(lock '{path}')") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else its holder removed it between our open and flock: take the new one
+                break
+            os.close(fd)
+        self._lock = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"run {self.run_id} (pid {os.getpid()} on {socket.gethostname()})\n"
+                     .encode())
+            os.fsync(fd)
+        except OSError as exc:
+            raise OutputError(f"output '{self.output}' is not writable: {exc.strerror or exc} "
+                              f"('{path}')") from None
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            try:
+                os.unlink(f"{self.output}.lock")
+            except OSError:
+                pass
+            os.close(self._lock)
+            self._lock = None
+
+    def _remove(self, path: str) -> None:
+        if self.remote:
+            found = [m.path for m in FileSystems.match([f"{path}/**"])[0].metadata_list]
+            if found:
+                FileSystems.delete(found)
+        elif os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+    # the commit ----------------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Make the staged run the output: the one step after which it is visible."""
+        fault_point("manifest-written")
+        if self.remote:
+            self._commit_by_manifest()
+        else:
+            old = f"{self.output}.old-{self.run_id}"
+            had_old = os.path.lexists(self.output)
+            if had_old:
+                os.rename(self.output, old)
+            try:
+                if had_old:
+                    fault_point("old-moved")
+                os.rename(self.root, self.output)
+            except BaseException:
+                if had_old:
+                    os.rename(old, self.output)  # an error (not a kill) here: the old one stays
+                raise
+            self.committed = True
+            _sync_dir(os.path.dirname(self.output))
+            fault_point("new-moved")
+            if had_old:
+                self._remove(old)
+        self.committed = True
+        fault_point("committed")
+
+    def _commit_by_manifest(self) -> None:
+        marker = f"{self.output}/manifest.json"
+        if FileSystems.exists(marker):
+            FileSystems.delete([marker])  # from here the folder is visibly unfinished
+        self._remove(self.output)
+        staged = sorted(m.path for m in FileSystems.match([f"{self.root}/**"])[0].metadata_list)
+        names = [p[len(self.root) + 1:] for p in staged]
+        body = [n for n in names if n != "manifest.json"]
+        if body:
+            FileSystems.rename([f"{self.root}/{n}" for n in body],
+                               [f"{self.output}/{n}" for n in body])
+        fault_point("old-moved")
+        FileSystems.rename([f"{self.root}/manifest.json"], [marker])
+        self.committed = True
+        self._remove(self.root)
+
+
+def _sync_dir(path: str) -> None:
+    """Persist a rename in folder `path` (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(path or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 # --- the job ------------------------------------------------------------------------------------
 
 def build(pipeline: beam.Pipeline, job: JobConfig, context: JobContext) -> None:
@@ -166,11 +411,19 @@ def build(pipeline: beam.Pipeline, job: JobConfig, context: JobContext) -> None:
     context.write_shard_index()
 
 
+def check_job(job: JobConfig) -> list[str]:
+    """Everything that can be checked before a pipeline exists: each stage's config (and the
+    files it needs), then the chain of columns from the input through the stages. Raises
+    ConfigError; returns notes (optional columns that nothing provides)."""
+    stages = [build_stage(entry, index, JobContext("", "", job.sink))
+              for index, entry in enumerate(job.stages)]
+    return check_chain(stages, schema.input_fields(job.input))
+
+
 def run_job(data: dict, beam_args: list[str], build_fn=build, log=print) -> dict:
     """Run a job from resolved config data; returns stats (raises if accounting is off)."""
     job = parse(JobConfig, data)
-    for index, entry in enumerate(job.stages):  # validate every stage before anything runs
-        build_stage(entry, index, JobContext("", "", job.sink))
+    check_job(job)  # its notes are for `sluice check`: a run prints only progress and accounting
     options, runner = pipeline_options(beam_args)
     if not is_local(options):
         local = [s.path for s in job.input if "://" not in s.path]
@@ -179,39 +432,55 @@ def run_job(data: dict, beam_args: list[str], build_fn=build, log=print) -> dict
                               f"(gs://, s3://), got output '{job.output}' inputs {local}")
     started = dt.datetime.now(dt.timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    staging = FileSystems.join(job.output, f".staging-{run_id}")
-    context = JobContext(job.output, staging, job.sink)
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    build_fn(pipeline, job, context)
-    log(f"sluice: running {len(job.stages)} stage(s) "
-        f"[{', '.join(next(iter(s)) for s in job.stages) or 'ingest only'}] -> {job.output}")
-    result = pipeline.run()
-    result.wait_until_finish()
-    if options.view_as(TestOptions).dry_run:
-        log("sluice: dry run: the job graph was built and not submitted")
-        return {}
-    if str(result.state) not in ("DONE", "PipelineState.DONE"):
-        raise RuntimeError(f"pipeline ended in state {result.state}")
-    stats = run_stats(result)
-    shards = read_shard_index(context.shard_index)
-    outputs = {name: finalize_output(shards.get(name, []), f"{staging}/{name}",
-                                     FileSystems.join(job.output, name), split, job.sink)
-               for name, split in context.outputs.items()}
-    FileSystems.delete([staging])
-    manifest = {
-        "sluice": code_version(),
-        "started": started.isoformat(),
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "config": to_dict(job) | {"stages": job.stages},
-        "config_hash": config_hash(data),
-        "totals": outputs[DOCUMENTS]["totals"],
-        "sources": outputs[DOCUMENTS]["sources"],
-        "outputs": outputs,
-        "stats": stats,
-    }
-    write_json_atomic(FileSystems.join(job.output, "stats.json"), stats)
-    write_json_atomic(FileSystems.join(job.output, "manifest.json"), manifest)
-    log(summary(stats))
-    if not stats["balanced"]:
-        raise RuntimeError("accounting does not balance: input != kept + dropped + failed")
+    dry_run = options.view_as(TestOptions).dry_run
+    with OutputTarget(job.output, run_id, dry_run, log) as target:
+        context = JobContext(target.root, target.parts, job.sink)
+        pipeline = beam.Pipeline(runner=runner, options=options)
+        build_fn(pipeline, job, context)
+        log(f"sluice: running {len(job.stages)} stage(s) "
+            f"[{', '.join(next(iter(s)) for s in job.stages) or 'ingest only'}] -> {job.output}")
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        except Exception as exc:
+            if "[Errno 28]" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
+                raise OutputError(f"no space left on the device of '{job.output}' "
+                                  "(the run's staging folder is removed)") from None
+            raise
+        if dry_run:
+            log("sluice: dry run: the job graph was built and not submitted")
+            return {}
+        if str(result.state) not in ("DONE", "PipelineState.DONE"):
+            raise RuntimeError(f"pipeline ended in state {result.state}")
+        stats = run_stats(result)
+        if not stats["input"] and not job.allow_empty:
+            raise ConfigError("the inputs hold no records ("
+                              f"{', '.join(s.path for s in job.input)}); '{job.output}' is left "
+                              "as it was (--allow-empty or `allow_empty: true` writes an empty "
+                              "output)")
+        shards = read_shard_index(context.shard_index)
+        outputs = {}
+        for name, split in context.outputs.items():
+            outputs[name] = finalize_output(shards.get(name, []), f"{target.parts}/{name}",
+                                            f"{target.root}/{name}", split, job.sink)
+            outputs[name]["path"] = FileSystems.join(job.output, name)
+        FileSystems.delete([target.parts])
+        fault_point("shards-moved")
+        manifest = {
+            "sluice": code_version(),
+            "started": started.isoformat(),
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "config": to_dict(job) | {"stages": job.stages},
+            "config_hash": config_hash(data),
+            "totals": outputs[DOCUMENTS]["totals"],
+            "sources": outputs[DOCUMENTS]["sources"],
+            "outputs": outputs,
+            "stats": stats,
+        }
+        write_json_atomic(f"{target.root}/stats.json", stats)
+        write_json_atomic(f"{target.root}/manifest.json", manifest)
+        log(summary(stats))
+        if not stats["balanced"]:
+            raise RuntimeError("accounting does not balance: input != kept + dropped + failed")
+        target.commit()
     return stats

@@ -46,7 +46,7 @@ def demo_run(tmp_path_factory):
                     b'{"id": "empty", "text": ""}\n')
     out = tmp / "out"
     data = demo_config(out, [{"path": str(bad), "source": "bad"}])
-    data["sink"] = {"shard_bytes": 1_000_000}  # several shards from the small corpus
+    data["sink"] = {"shard_bytes": 2**20}  # several shards from the small corpus
     stats = run_job(data, IN_PROCESS, log=lambda *_: None)
     return out, stats, data
 
@@ -159,13 +159,14 @@ def test_local_workers_run_the_sluice_worker_entry():
 def test_dataflow_job_builds_offline(monkeypatch):
     """The full Dataflow job translates and packages without submitting (apache-beam[gcp])."""
     pytest.importorskip("apache_beam.runners.dataflow.dataflow_runner")
-    from transforms.io import ingest
+    from transforms.io import ingest, schema
 
     data = demo_config("gs://sluice-bucket/out")
     data["input"] = [dict(spec, path="gs://sluice-bucket/in/" + os.path.basename(spec["path"]),
                           format="jsonl") for spec in data["input"]]
     # gs:// cannot be listed offline: take each glob as one file of that name.
     monkeypatch.setattr(ingest, "expand_inputs", lambda specs: [(i, s.path, 0) for i, s in enumerate(specs)])
+    monkeypatch.setattr(schema, "input_fields", lambda specs: set())  # nor sampled
     args = ["--runner=DataflowRunner", "--dry_run=True", "--no_auth", "--sdk_location=container",
             "--project=sluice-project", "--region=us-central1",
             "--temp_location=gs://sluice-bucket/tmp"]
@@ -196,3 +197,4 @@ def test_cli_demo_on_all_cores(tmp_path):
     assert stats["dropped"]["near_duplicate"] > 50 and stats["dropped"]["exact_duplicate"] > 10
     assert stats["kept"] == ds.dataset(tmp_path / "out" / "documents", format="arrow").count_rows()
     assert (tmp_path / "out" / "clusters").is_dir()
+    assert os.listdir(tmp_path / "out" / "documents") == ["train-00000-of-00001.arrow"]

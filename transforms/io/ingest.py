@@ -1,18 +1,25 @@
-"""Ingest: JSONL (plain/.gz/.zst), Parquet, Arrow IPC, WARC and WET into the document schema.
+"""Ingest: JSONL (plain or compressed), Parquet, Arrow IPC, WARC and WET into the document schema.
 
 Each input file, or byte range of a plain JSONL file, is read by one worker and emitted as record
 batches of `batch_size` documents; the work items, not the documents, are shuffled to spread
 reading over the workers. Every record read counts as `input`;
 records that cannot become documents are failed (malformed JSON, invalid UTF-8, non-text) and
 empty or oversized documents are dropped, each with its reason in the dead-letter output.
+A truncated or corrupt file is one `read_error` failure, keeping the records read before the
+error; a Parquet row group that cannot be read is one `read_error` counted as the rows it held.
 """
 from __future__ import annotations
 
+import bz2
+import contextlib
 import gzip
 import io
+import json
+import lzma
 import os
+import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Annotated, Any, Callable, Iterator, Literal, Optional
 
 import apache_beam as beam
 import orjson
@@ -21,10 +28,11 @@ import zstandard
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from fastwarc.warc import ArchiveIterator, WarcRecordType
+from pydantic import Field
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
-from transforms.core.accounting import INPUT, Rejects, count
+from transforms.core.accounting import FAILED_PREFIX, INPUT, Rejects, count
 from transforms.core.config import ConfigError, config_dataclass, local_workers
 from transforms.core.documents import ID, SOURCE, TEXT, URL, batch_from_rows, content_id
 from transforms.core.files import read_arrow_batches
@@ -48,10 +56,11 @@ class InputSpec:
 
 @config_dataclass
 class IngestConfig:
-    batch_size: int = 1000
-    split_bytes: int = 64 * 2**20  # plain JSONL files are read in ranges of at most this size
-    max_chars: int = 1_000_000
-    payload_limit: int = 65536
+    batch_size: Annotated[int, Field(ge=1)] = 1000
+    # plain JSONL files are read in ranges of at most this size
+    split_bytes: Annotated[int, Field(ge=1)] = 64 * 2**20
+    max_chars: Annotated[int, Field(ge=1)] = 1_000_000
+    payload_limit: Annotated[int, Field(ge=0)] = 65536
 
 
 @dataclass
@@ -62,9 +71,10 @@ class Failure:
     payload: object
     detail: str = ""
     doc_id: Optional[str] = None
+    rows: int = 1  # input records it stands for (a lost Parquet row group: the rows it held)
 
 
-_COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd", ".bz2", ".xz")
+_COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd", ".bz2", ".xz", ".lzma")
 
 
 def detect_format(path: str) -> str:
@@ -144,17 +154,78 @@ def read_ranges(files: list[tuple[int, str, int]], specs: list[InputSpec],
 
 # --- raw record readers: path -> dicts or Failures ----------------------------------------------
 
+class _ZstdFrames(io.RawIOBase):
+    """A zstd stream of one or more frames (many writers emit several), decoded frame by frame so
+    that input ending inside a frame -- a truncated file -- raises EOFError, as gzip, bz2 and
+    lzma do, instead of ending the stream early in silence."""
+
+    CHUNK = 2**16
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = None  # the decompressor of the frame being read, None between frames
+        self._pending = b""  # input after the end of the last frame
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out:
+            data, self._pending = self._pending or self._raw.read(self.CHUNK), b""
+            if not data:
+                if self._frame is not None:
+                    raise EOFError("zstd input ended inside a frame (the file is truncated)")
+                return 0
+            if self._frame is None:
+                self._frame = self._dctx.decompressobj()
+            self._out = memoryview(self._frame.decompress(data))
+            if self._frame.eof:
+                self._pending, self._frame = self._frame.unused_data, None
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+
+@contextlib.contextmanager
 def _open_decompressed(path: str):
-    """Open a local or remote file, undoing .gz/.zst compression with native stream readers."""
+    """Open a local or remote file, undoing .gz/.zst/.bz2/.xz compression with stream readers
+    that raise on a truncated or corrupt stream (Beam's own readers end bz2 and xz early in
+    silence); the file is closed with the stream."""
     lower = path.lower()
-    if lower.endswith((".bz2", ".xz")):
-        return FileSystems.open(path)  # Beam's own decompression covers the rarer codecs
-    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    if lower.endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw)
-    if lower.endswith((".zst", ".zstd")):
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
-    return raw
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        if lower.endswith(".gz"):
+            stream = gzip.GzipFile(fileobj=raw)
+        elif lower.endswith((".zst", ".zstd")):
+            stream = io.BufferedReader(_ZstdFrames(raw), buffer_size=2**16)
+        elif lower.endswith(".bz2"):
+            stream = bz2.BZ2File(raw)
+        elif lower.endswith((".xz", ".lzma")):
+            stream = lzma.LZMAFile(raw)
+        else:
+            yield raw
+            return
+        with stream:
+            yield stream
+
+
+# orjson reads an integer outside int64/uint64 as a float (of magnitude >= 2**63); a record holding
+# such a float is read again by the standard library, which keeps the integer exact
+_BIG = float(2**63)
+_BIG_EXPONENT = re.compile(rb"e\+(?:1[89]|[2-9][0-9]|[0-9]{3})")  # orjson's text of such floats
+
+
+def _may_hold_big_int(record: dict) -> bool:
+    for value in record.values():
+        kind = type(value)
+        if kind is float:
+            if not -_BIG < value < _BIG:
+                return True
+        elif (kind is dict or kind is list) and _BIG_EXPONENT.search(orjson.dumps(value)):
+            return True
+    return False
 
 
 def read_jsonl(path: str, start: int = 0, end: Optional[int] = None) -> Iterator[dict | Failure]:
@@ -183,13 +254,26 @@ def read_jsonl(path: str, start: int = 0, end: Optional[int] = None) -> Iterator
             if not isinstance(record, dict):
                 yield Failure("not_an_object", line, f"JSON {type(record).__name__}, not an object")
                 continue
-            yield record
+            yield json.loads(line) if _may_hold_big_int(record) else record
 
 
 def read_parquet(path: str) -> Iterator[dict | Failure]:
+    """Rows of a Parquet file, row group by row group: a row group that cannot be read is one
+    `read_error` standing for the rows its metadata says it held and were not read, and the
+    other row groups are still read. An unreadable footer fails the file (raised)."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
-            yield from batch.to_pylist()
+        parquet = pq.ParquetFile(f)
+        for group in range(parquet.num_row_groups):
+            held = parquet.metadata.row_group(group).num_rows
+            read = 0
+            try:
+                for batch in parquet.iter_batches(batch_size=1024, row_groups=[group]):
+                    read += batch.num_rows
+                    yield from batch.to_pylist()
+            except Exception as exc:  # a damaged row group: keep the others
+                yield Failure("read_error", path, f"{path}: row group {group} of "
+                              f"{parquet.num_row_groups} ({held} rows, {held - read} not read): "
+                              f"{type(exc).__name__}: {exc}", rows=max(1, held - read))
 
 
 def read_arrow_records(path: str) -> Iterator[dict | Failure]:
@@ -322,6 +406,11 @@ class ReadFileFn(beam.DoFn):
                              f"{path}: {type(exc).__name__}: {exc}")
                 break
             read += 1
+            if isinstance(record, Failure) and record.rows > 1:
+                # one dead-letter row for records the file lost together (a Parquet row group),
+                # counted as input and as failed once per record it stands for
+                read += record.rows - 1
+                count(FAILED_PREFIX + record.reason, record.rows - 1)
             doc = record if isinstance(record, Failure) else to_document(record, spec, default_source)
             if isinstance(doc, Failure):
                 rejects.fail(doc.reason, doc.doc_id, spec.source or default_source, doc.payload,

@@ -5,9 +5,11 @@ batches into a shard file until it holds `shard_bytes` (default 256 MiB of uncom
 under a unique staging name (temp name, then rename). Memory holds one batch, not a shard or the
 corpus, and documents never wait in the runner for a total or a schema. `finalize_output`
 runs after the pipeline succeeded: it unifies the shards' schemas (rewriting the rare shard
-whose schema differs, so `pyarrow.dataset` and HF `datasets` read the folder), orders the shards
-by their first id and moves them into place as `<split>-NNNNN-of-MMMMM.arrow`, so a crashed run
-never leaves a half-written shard that looks complete.
+whose schema differs, so `pyarrow.dataset` and HF `datasets` read the folder), rewrites the
+pieces smaller than `shard_bytes` (each worker bundle's tail) into shards of about
+`shard_bytes`, orders the shards by their first id and moves them into place as
+`<split>-NNNNN-of-MMMMM.arrow`, so a crashed run never leaves a half-written shard that looks
+complete. The job stages the whole output folder and commits it at once (`pipelines/job.py`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import base64
 import hashlib
 import json
 import uuid
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -24,17 +26,19 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
+from pydantic import Field
 
 from transforms.core.accounting import KEPT, count
 from transforms.core.config import config_dataclass
 from transforms.core.documents import ID, SOURCE, TEXT, conform, unify
+from transforms.core.files import read_arrow_batches
 
 SHARD_INDEX = "shards.json"
 
 
 @config_dataclass
 class SinkConfig:
-    shard_bytes: int = 256 * 2**20
+    shard_bytes: Annotated[int, Field(ge=2**20)] = 256 * 2**20  # at least 1 MiB
     compression: Literal["zstd", "lz4", "none"] = "zstd"
 
 
@@ -109,15 +113,23 @@ class WriteShardsFn(beam.DoFn):
     def process(self, batch):
         if not batch.num_rows:
             return
-        if self.shard is not None and not self.shard.accepts(batch.schema):
-            yield self._close()
-        if self.shard is None:
-            self.shard = ShardWriter(FileSystems.join(
-                self.directory, f"{self.split}-part-{uuid.uuid4().hex}.arrow"),
-                batch.schema, self.config)
-        self.shard.write(batch)
-        if self.shard.rows_bytes >= self.config.shard_bytes:
-            yield self._close()
+        try:
+            if self.shard is not None and not self.shard.accepts(batch.schema):
+                yield self._close()
+            if self.shard is None:
+                self.shard = ShardWriter(FileSystems.join(
+                    self.directory, f"{self.split}-part-{uuid.uuid4().hex}.arrow"),
+                    batch.schema, self.config)
+            self.shard.write(batch)
+            if self.shard.rows_bytes >= self.config.shard_bytes:
+                yield self._close()
+        except BaseException:
+            # a failed write (a full disk, say) must not keep its file open: a deleted file that
+            # is still open keeps its space until the worker exits
+            if self.shard is not None:
+                self.shard, shard = None, self.shard
+                shard.abort()
+            raise
 
     def finish_bundle(self):
         if self.shard is not None:
@@ -162,13 +174,29 @@ class ShardWriter:
                 first = str(first)
                 self.first_id = first if self.first_id is None else min(self.first_id, first)
 
+    def abort(self) -> None:
+        """Close and delete the unfinished file, quietly: this runs on the way out of an error."""
+        for close in (self.writer.close, self.sink.close):
+            try:
+                close()
+            except Exception:  # pylint: disable=broad-except
+                pass
+        try:
+            FileSystems.delete([self.temp])
+        except Exception:  # pylint: disable=broad-except
+            pass
+
     def close(self) -> dict:
-        self.writer.close()
-        self.sink.close()
+        try:
+            self.writer.close()
+            self.sink.close()
+        except BaseException:
+            self.abort()
+            raise
         FileSystems.rename([self.temp], [self.path])
         return {"name": self.path.rsplit("/", 1)[-1], "first_id": self.first_id or "",
                 "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
-                "bytes": self.sink.size, "sha256": self.sink.sha256.hexdigest(), **self.stats}
+                "rows_bytes": self.rows_bytes, "bytes": self.sink.size, "sha256": self.sink.sha256.hexdigest(), **self.stats}
 
 
 def _add_stats(total: dict, stats: dict) -> None:
@@ -252,18 +280,25 @@ def _ensure_dir(path: str) -> None:
 def finalize_output(entries: list[dict], staging_dir: str, final_dir: str, split: str,
                     config: Optional[SinkConfig] = None) -> dict:
     """Move a finished output's shards (their index `entries`) from `staging_dir` into
-    `final_dir` under their final names, removing stale shards of `split`; shards whose schema
-    differs from the output's are rewritten first.
+    `final_dir` under their final names, removing stale shards of `split`. Pieces of at least
+    `shard_bytes` move as they are (rewritten first if their schema differs from the output's);
+    the smaller ones, in first-id order, are rewritten into shards of about `shard_bytes` with
+    equal row counts, so the layout does not depend on how the runner cut bundles.
 
     Returns the output's manifest section: shards, totals, per-source counts and schema.
     """
-    shards = sorted(entries, key=lambda s: (s["first_id"], s["sha256"]))
-    schema = unify(_schema_of(s) for s in shards) if shards else None
-    shards = [_conformed(s, schema, staging_dir, config or SinkConfig()) for s in shards]
+    config = config or SinkConfig()
+    pieces = sorted(entries, key=lambda s: (s["first_id"], s["sha256"]))
+    schema = unify(_schema_of(s) for s in pieces) if pieces else None
+    full = [s for s in pieces if s["rows_bytes"] >= config.shard_bytes]
+    shards = [_conformed(s, schema, staging_dir, config) for s in full]
+    shards += _merged([s for s in pieces if s["rows_bytes"] < config.shard_bytes], schema,
+                      staging_dir, config)
+    shards.sort(key=lambda s: (s["first_id"], s["sha256"]))
     staged = [FileSystems.join(staging_dir, s["name"]) for s in shards]
     for i, shard in enumerate(shards):
         shard["name"] = f"{split}-{i:05d}-of-{len(shards):05d}.arrow"
-        del shard["first_id"], shard["schema"]
+        del shard["first_id"], shard["schema"], shard["rows_bytes"]
     _ensure_dir(final_dir)
     names = {s["name"] for s in shards}
     if shards:
@@ -283,6 +318,42 @@ def finalize_output(entries: list[dict], staging_dir: str, final_dir: str, split
         "sources": dict(sorted(sources.items())),
         "schema": [{"name": f.name, "type": str(f.type)} for f in schema] if schema else [],
     }
+
+
+def _merged(pieces: list[dict], schema: pa.Schema, staging_dir: str,
+            config: SinkConfig) -> list[dict]:
+    """Small pieces, in order, rewritten into ceil(their bytes / shard_bytes) shards of equal row
+    counts (to one row): batch by batch, each piece deleted once read, so memory holds one piece
+    and the disk one extra piece."""
+    rows = sum(p["rows"] for p in pieces)
+    n_shards = max(1, -(-sum(p["rows_bytes"] for p in pieces) // config.shard_bytes))
+    counts = [rows // n_shards + (i < rows % n_shards) for i in range(n_shards)] if rows else []
+    shards: list[dict] = []
+    writer: Optional[ShardWriter] = None
+    left = 0
+    try:
+        for piece in pieces:
+            path = FileSystems.join(staging_dir, piece["name"])
+            for batch in read_arrow_batches(path):
+                batch = conform(batch, schema)
+                while batch.num_rows:
+                    if writer is None:
+                        writer = ShardWriter(FileSystems.join(
+                            staging_dir, f"merged-{len(shards):05d}.arrow"), schema, config)
+                        left = counts[len(shards)]
+                    take = min(left, batch.num_rows)
+                    writer.write(batch.slice(0, take))
+                    batch, left = batch.slice(take), left - take
+                    if not left:
+                        writer, done = None, writer
+                        shards.append(done.close())
+            FileSystems.delete([path])
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    assert writer is None and len(shards) == len(counts), "shard index rows do not match pieces"
+    return shards
 
 
 def _conformed(shard: dict, schema: pa.Schema, staging_dir: str, config: SinkConfig) -> dict:
