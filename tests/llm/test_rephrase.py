@@ -1,19 +1,27 @@
 """Rephrase stage without a server: post-filters, chunking with a real tokenizer, templates,
 config validation, routing, the request cache across processes, and failures against a port
-where no server listens (real connection errors, dead-lettered). Server tests are in
-test_rephrase_vllm.py."""
+where no server listens (real connection errors: dead-lettered with the health check off, a fast
+one-line failure of the job with it on), the client's circuit breaker, and the command's exit
+status when too many requests fail (a stub server). Server tests are in test_rephrase_vllm.py."""
 from __future__ import annotations
 
 import json
 import multiprocessing
 import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import apache_beam as beam
 import pyarrow as pa
 import pytest
 from apache_beam.testing.util import assert_that
 
-from classifiers.vllm_client import CHAT, VLLMClient, request_key
+from classifiers.vllm_client import (CHAT, UNAVAILABLE, ServerUnavailable, VLLMClient, check_server,
+                                     request_key)
+from classifiers.vllm_server import VLLMServer
 from pipelines import cli
 from pipelines.rephrase import beam_args, job_data
 from tests.support import test_pipeline
@@ -22,7 +30,7 @@ from transforms.core.config import ConfigError, parse
 from transforms.llm.prompts import Chunker, load_templates, load_tokenizer
 from transforms.llm.rephrase import (NEMOTRON_HIGH, WRAP_STYLES, Generate, RephraseConfig,
                                      RephraseFn, accept)
-from transforms.llm.serving import RequestCache
+from transforms.llm.serving import RequestCache, failed_fraction_errors
 
 
 def dead_endpoint() -> str:
@@ -35,7 +43,8 @@ def dead_endpoint() -> str:
 
 def config(model_dir, **overrides) -> RephraseConfig:
     data = {"vllm": {"endpoint": dead_endpoint(), "model": "tiny", "tokenizer": str(model_dir),
-                     "max_attempts": 2, "backoff_s": 0.01, "max_backoff_s": 0.02}} | overrides
+                     "max_attempts": 2, "backoff_s": 0.01, "max_backoff_s": 0.02,
+                     "health_check_s": 0}} | overrides  # no health check: requests do fail
     return parse(RephraseConfig, data)
 
 
@@ -204,3 +213,170 @@ def test_command_runs_one_local_worker_unless_told():
     assert beam_args(["--direct_num_workers", "3"]) == ["--direct_num_workers", "3"]
     remote = ["--runner", "DataflowRunner", "--project", "p"]
     assert beam_args(remote) == remote
+
+
+# --- a dead server fails fast -------------------------------------------------------------------
+
+def test_client_circuit_fails_every_pending_request_once_the_server_is_gone():
+    """Without the breaker these 20 requests would retry 50 times each (minutes); with it, once
+    connection failures alone have been seen for `circuit_after_s`, queued, backing-off and new
+    requests all resolve at once as `server_unavailable`."""
+    client = VLLMClient(dead_endpoint(), concurrency=2, max_attempts=50, backoff_s=0.2,
+                        max_backoff_s=0.5, circuit_failures=5, circuit_after_s=1.0)
+    requests = [(CHAT, {"model": "m", "messages": [{"role": "user", "content": str(i)}]})
+                for i in range(20)]
+    try:
+        start = time.monotonic()
+        results = client.run(requests)
+        elapsed = time.monotonic() - start
+        late, = client.run([(CHAT, {"model": "m", "messages": []})])
+    finally:
+        client.close()
+    assert elapsed < 10
+    assert {r.error for r in results} == {UNAVAILABLE} and late.error == UNAVAILABLE
+    assert late.attempts == 0 and sum(r.attempts for r in results) < 40
+    assert client.unavailable.startswith("vLLM server unavailable: no response from")
+    assert "\n" not in client.unavailable
+
+
+class StubServer:
+    """A stub OpenAI-style server: GET /v1/models lists `models`; every POST is answered with
+    `status` (the server is alive, the requests fail)."""
+
+    def __init__(self, models=("tiny",), status: int = 400):
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.reply(200, {"object": "list", "data": [{"id": m} for m in stub.models]})
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                stub.posts += 1
+                self.reply(stub.status, {"error": {"message": "stub says no"}})
+
+            def reply(self, status, body):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.models, self.status, self.posts = list(models), status, 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_http_errors_never_open_the_circuit_and_health_check_names_the_model():
+    stub = StubServer(status=503)
+    client = VLLMClient(stub.base_url, concurrency=2, max_attempts=3, backoff_s=0.01,
+                        max_backoff_s=0.02, circuit_failures=1, circuit_after_s=0)
+    try:
+        results = client.run([(CHAT, {"model": "tiny", "n": i}) for i in range(4)])
+        assert check_server(stub.base_url, "tiny", timeout_s=1) == ["tiny"]
+        with pytest.raises(ServerUnavailable, match="does not serve model 'other'"):
+            check_server(stub.base_url, "other", timeout_s=1)
+    finally:
+        client.close()
+        stub.close()
+    assert [r.error for r in results] == ["http_503"] * 4 and client.unavailable is None
+    assert stub.posts == 12
+
+
+def test_unreachable_server_fails_the_stage_at_setup_in_one_line(tiny_model_dir):
+    batch = pa.RecordBatch.from_pylist([{"id": "a", "text": "One.\nTwo.", "source": "web",
+                                         "url": None}])
+    start = time.monotonic()
+    with pytest.raises(Exception, match=r"vLLM server unavailable: GET http://127\.0\.0\.1:\d+"
+                                        r"/v1/models failed \d+ time\(s\)") as error:
+        with test_pipeline() as p:
+            p | beam.Create([batch]) | Generate(config(
+                tiny_model_dir, styles=["wrap_qa"],
+                vllm={"endpoint": dead_endpoint(), "model": "tiny", "health_check_s": 2,
+                      "tokenizer": str(tiny_model_dir)}))
+    assert time.monotonic() - start < 30
+    assert "Connection refused" in str(error.value)
+
+
+def test_command_against_an_endpoint_where_nothing_listens_fails_fast_in_one_line(
+        tiny_model_dir, tmp_path):
+    """`sluice rephrase` with the default health check (30 s): non-zero exit, one line on
+    stderr, well within two minutes (it took over 2 minutes and exited 0 before)."""
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"id": "a", "text": "Some text.", "source": "web"}) + "\n")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pipelines", "rephrase", str(inputs),
+                           "--output", str(tmp_path / "out"), "--endpoint", dead_endpoint(),
+                           "--model", "tiny", "--tokenizer", str(tiny_model_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - start < 90
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sluice: vLLM server unavailable: GET "), \
+        done.stderr
+    assert not (tmp_path / "out" / "stats.json").exists()
+
+
+def test_sluice_run_with_an_llm_stage_and_no_server_exits_non_zero(tiny_model_dir, tmp_path,
+                                                                   capsys):
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"id": "a", "text": "Some text.", "source": "web"}) + "\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({"input": str(inputs), "output": str(tmp_path / "out"), "stages": [
+        {"lm_perplexity": {"vllm": {"endpoint": dead_endpoint(), "model": "tiny",
+                                    "tokenizer": str(tiny_model_dir), "health_check_s": 2}}}]}))
+    assert cli.main(["run", str(job)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sluice: vLLM server unavailable"), err
+
+
+def test_command_exits_non_zero_when_too_many_requests_fail(tiny_model_dir, tmp_path, capsys):
+    """A live server that rejects every request (HTTP 400): the run finishes with every request
+    dead-lettered, then exits 1 naming the fraction; with the limit at 1.0 it exits 0."""
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"id": f"d{i}", "text": f"Line {i}.", "source": "web"})
+                              + "\n" for i in range(5)))
+    stub = StubServer(status=400)
+    try:
+        def command(output, *sets):
+            return cli.main(["rephrase", str(inputs), "--output", str(tmp_path / output),
+                             "--endpoint", stub.base_url, "--model", "tiny",
+                             "--tokenizer", str(tiny_model_dir), "--styles", "wrap_qa",
+                             *[a for s in sets for a in ("--set", s)]])
+
+        assert command("strict") == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "5 of 5 LLM requests failed (100.0% > " \
+            "vllm.max_failed_fraction 0.1" in err[0] and "rephrase_http_400" in err[0], err
+        stats = json.loads((tmp_path / "strict" / "stats.json").read_text())
+        assert stats["failed_by_reason"] == {"rephrase_http_400": 5}  # the run was written
+        assert command("lenient", "stages.0.rephrase.vllm.max_failed_fraction=1.0") == 0
+    finally:
+        stub.close()
+    data = {"stages": [{"rephrase": {"vllm": {"endpoint": "http://x/v1", "model": "m",
+                                              "max_failed_fraction": 0.5}}}]}
+    stats = {"counters": {"rephrase.requests": 10, "rephrase.failed_requests": 5}}
+    assert failed_fraction_errors(data, stats) == []
+    stats["counters"]["rephrase.failed_requests"] = 6
+    assert failed_fraction_errors(data, stats)[0].startswith(
+        "stages.0.rephrase: 6 of 10 LLM requests failed (60.0% > vllm.max_failed_fraction 0.5")
+
+
+def test_cpu_server_turns_chunked_prefill_off_unless_told(monkeypatch):
+    monkeypatch.setenv("VLLM_TARGET_DEVICE", "cpu")
+    args = VLLMServer("m", ["--max-model-len", "4096"], port=1).command()
+    assert args.count("--no-enable-chunked-prefill") == 1
+    for chosen in (["--enable-chunked-prefill"], ["--no-enable-chunked-prefill"],
+                   ["--enable-chunked-prefill=True"]):
+        command = VLLMServer("m", chosen, port=1).command()
+        assert command[-len(chosen):] == chosen and "--no-enable-chunked-prefill" not in \
+            command[:-len(chosen)]

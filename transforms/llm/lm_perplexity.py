@@ -3,17 +3,18 @@ log-probs.
 
 CCNet (Wenzek et al. 2020) scores documents with a KenLM 5-gram (stage `perplexity`); scoring with
 a neural LM is the modern alternative and gives the per-token losses that EL2N-style scores use
-(methods.md §4). Each document is cut into windows of at most `window_tokens` tokens (newline
-chunking, `transforms.llm.prompts.Chunker`), each window is one `/v1/completions` request with
-`echo=true, logprobs=0, max_tokens=0` (the server returns the log-prob of every prompt token and
-generates nothing), and the document gets
+(Marion et al. 2023, "When Less is More"; stage `el2n`). Each document is cut into windows of
+at most `window_tokens` tokens (newline chunking, `transforms.llm.prompts.Chunker`), each window
+is one `/v1/completions` request with `echo=true, logprobs=0, max_tokens=0` (the server returns
+the log-prob of every prompt token and generates nothing), and the document gets
 
     lm_logprob   = sum of token log-probs (natural log) over all windows
     lm_tokens    = number of scored tokens (each window's first token has no context: unscored)
     lm_perplexity = exp(-lm_logprob / lm_tokens)
 
 Requests share the rephrase stage's client: bounded concurrency, retries, request cache. A
-document whose request still fails is failed (`lm_perplexity_<error>`) into the dead-letter.
+document whose request still fails is failed (`lm_perplexity_<error>`) into the dead-letter; a
+server unreachable at the start or dead mid-run fails the job (transforms/llm/serving.py).
 Empty documents get nulls. Filtering on the score is a separate step.
 """
 from __future__ import annotations
@@ -27,8 +28,9 @@ from classifiers.vllm_client import COMPLETIONS, prompt_logprobs
 from transforms.core.accounting import Rejects, count
 from transforms.core.config import config_dataclass
 from transforms.core.documents import ID, SOURCE, TEXT, with_column
-from transforms.core.stage import REJECTS, Stage
-from transforms.llm.serving import ServedModelFn, ServingConfig
+from transforms.core.extras import require
+from transforms.core.stage import REJECTS, Contract, Stage
+from transforms.llm.serving import ServedModelFn, ServingConfig, preflight
 
 STAGE = "lm_perplexity"
 
@@ -53,7 +55,9 @@ class LMPerplexityFn(ServedModelFn, beam.DoFn):
             (COMPLETIONS, {"model": model, "prompt": window, "max_tokens": 0, "echo": True,
                            "logprobs": 0, "temperature": 0.0})
             for w in windows for window in w])
+        self.raise_if_unavailable(results)
         count("lm_perplexity.requests", len(results))
+        count("lm_perplexity.failed_requests", sum(r.error is not None for r in results))
         count("lm_perplexity.cache_hits", sum(r.cached for r in results))
         logprob = [0.0] * batch.num_rows
         tokens = [0] * batch.num_rows
@@ -90,7 +94,16 @@ class LMPerplexityFn(ServedModelFn, beam.DoFn):
 class LMPerplexity(Stage):
     Config = LMPerplexityConfig
 
+    def __init__(self, config: LMPerplexityConfig, context=None):
+        super().__init__(config, context)
+        require("llm", "transformers", "tokenizers", by="stage 'lm_perplexity'")
+
+    def contract(self) -> Contract:
+        prefix = self.config.column_prefix
+        return Contract(writes=(f"{prefix}logprob", f"{prefix}tokens", f"{prefix}perplexity"))
+
     def expand(self, documents):
+        preflight(self.config.vllm, documents.pipeline.options)
         out = documents | "ScoreLM" >> beam.ParDo(LMPerplexityFn(self.config)).with_outputs(
             REJECTS, main="documents")
         return out.documents, out[REJECTS]

@@ -3,8 +3,8 @@
 WRAP (Maini et al. 2024, "Rephrasing the Web") rewrites ~300-token chunks of web text in four
 styles; Nemotron-CC (Su et al. 2024) rewrites low-quality documents Wikipedia-style and turns
 high-quality ones into QA pairs, distillations, extracted knowledge and knowledge lists. Here
-each document is routed to templates (by its ensemble quality `bucket` when that column exists:
-buckets below `high_bucket_min` go to `low_styles`, the others to `high_styles`; otherwise every
+each document is routed to templates (by its ensemble quality bucket, the `buckets` stage's
+`quality_bucket`, when that column exists: buckets below `high_min` go to `low_styles`, the others to `high_styles`; otherwise every
 document gets `styles`), chunked to each template's input limit in the served model's tokens,
 and every (document, template, chunk) becomes one request to the server.
 
@@ -14,7 +14,8 @@ output folder (`OUTPUT/synthetic/`, `source` suffixed `_synthetic`) with provena
 counts. Each request counts as one `input` record of that output and ends kept, dropped
 (`rephrase_truncated`, `rephrase_missing_prefix`, `rephrase_empty`) or failed (`rephrase_<error>`
 once retries are spent, with the request body in the dead-letter output), so the job's
-accounting identity covers the synthetic documents too. Finished requests are cached by
+accounting identity covers the synthetic documents too. A server that is unreachable at the
+start or dies mid-run fails the job instead (`ServerUnavailable`, transforms/llm/serving.py). Finished requests are cached by
 (model, prompt, params): a re-run resumes, and synthetic ids are derived from the request, so a
 re-run writes the same documents, never a second copy.
 """
@@ -32,11 +33,13 @@ from apache_beam.transforms.window import GlobalWindows
 
 from classifiers.vllm_client import CHAT, completion_text, usage_tokens
 from transforms.core.accounting import INPUT, Drop, Rejects, count
+from transforms.core.columns import HIGH_QUALITY_MIN_BUCKET, QUALITY_BUCKET
 from transforms.core.config import ConfigError, config_dataclass
 from transforms.core.documents import ID, SOURCE, TEXT, URL, batch_from_rows
-from transforms.core.stage import REJECTS, Stage
+from transforms.core.extras import require
+from transforms.core.stage import REJECTS, Contract, Stage
 from transforms.llm.prompts import DEFAULT_PROMPTS, Template, load_templates
-from transforms.llm.serving import ServedModelFn, ServingConfig
+from transforms.llm.serving import ServedModelFn, ServingConfig, preflight
 
 STAGE = "rephrase"
 SYNTHETIC = "synthetic"
@@ -62,8 +65,8 @@ class RephraseConfig:
     prompts: str = DEFAULT_PROMPTS
     templates: dict[str, dict] = field(default_factory=dict)  # inline, added to / over `prompts`
     styles: list[str] = field(default_factory=lambda: list(WRAP_STYLES))
-    bucket_column: str = "bucket"
-    high_bucket_min: int = 12           # Nemotron-CC: buckets 12-19 are high quality
+    bucket_column: str = QUALITY_BUCKET   # written by the `buckets` stage
+    high_min: int = HIGH_QUALITY_MIN_BUCKET  # the `buckets` stage's name for the same threshold
     low_styles: list[str] = field(default_factory=lambda: ["nemotron_wikipedia"])
     high_styles: list[str] = field(default_factory=lambda: list(NEMOTRON_HIGH))
     sampling: Sampling = field(default_factory=Sampling)
@@ -104,7 +107,7 @@ class RephraseFn(ServedModelFn, beam.DoFn):
 
     def styles_for(self, bucket) -> list[str]:
         if isinstance(bucket, int) and not isinstance(bucket, bool):
-            return (self.config.high_styles if bucket >= self.config.high_bucket_min
+            return (self.config.high_styles if bucket >= self.config.high_min
                     else self.config.low_styles)
         return self.config.styles
 
@@ -139,6 +142,7 @@ class RephraseFn(ServedModelFn, beam.DoFn):
         self.unfinished: collections.deque = collections.deque()  # futures, submission order
 
     def process(self, batch: pa.RecordBatch):
+        self.raise_if_unavailable()
         planned = self.plan(batch)
         yield batch
         if planned:
@@ -170,6 +174,8 @@ class RephraseFn(ServedModelFn, beam.DoFn):
             yield from self.outputs(planned, [f.result() for f in futures])
 
     def outputs(self, planned: list[dict], results: list) -> list[beam.pvalue.TaggedOutput]:
+        self.raise_if_unavailable(results)
+        count("rephrase.failed_requests", sum(r.error is not None for r in results))
         count("rephrase.cache_hits", sum(r.cached for r in results))
         count("rephrase.retries", sum(max(0, r.attempts - 1) for r in results))
         rejects = Rejects(STAGE)
@@ -236,9 +242,17 @@ class Generate(beam.PTransform):
 class Rephrase(Stage):
     Config = RephraseConfig
 
+    def __init__(self, config: RephraseConfig, context=None):
+        super().__init__(config, context)
+        require("llm", "transformers", "tokenizers", by="stage 'rephrase'")
+
+    def contract(self) -> Contract:
+        return Contract(optional=(self.config.bucket_column,))
+
     def expand(self, documents):
         if self.context is None:
             raise ConfigError("the rephrase stage writes its own output: it needs a job context")
+        preflight(self.config.vllm, documents.pipeline.options)
         documents, synthetic, rejects = documents | "Generate" >> Generate(self.config)
         synthetic | "WriteSynthetic" >> self.context.sink(self.config.output, self.config.split,
                                                           count_kept=True)

@@ -1,5 +1,14 @@
 """Where an LLM stage's requests go: a running vLLM server or one started per worker, the request
-cache that makes a re-run resume, and the DoFn mixin that opens both once per worker."""
+cache that makes a re-run resume, and the DoFn mixin that opens both once per worker.
+
+A dead server stops the job instead of dead-lettering every request after minutes of retries:
+a running server (`endpoint`) is checked when the job graph is built on a local runner and in
+every worker's `setup` (GET /models, `health_check_s`), and a server that dies mid-run opens the
+client's circuit breaker (`circuit_failures` connection failures in a row over at least
+`circuit_after_s` seconds), which fails the stage's DoFn with a one-line `ServerUnavailable`;
+finished requests are in the cache, so a re-run resumes. Other failures (HTTP 4xx, timeouts of
+a live server) are dead-lettered, and the `sluice` commands exit non-zero after the job when
+they exceed `max_failed_fraction` of a stage's requests (`failed_fraction_errors`)."""
 from __future__ import annotations
 
 from dataclasses import field
@@ -8,9 +17,9 @@ from typing import Optional
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
-from classifiers.vllm_client import VLLMClient
+from classifiers.vllm_client import UNAVAILABLE, ServerUnavailable, VLLMClient, check_server
 from classifiers.vllm_server import acquire_server, release_server
-from transforms.core.config import config_dataclass
+from transforms.core.config import config_dataclass, is_local
 from transforms.core.files import write_bytes_atomic
 from transforms.llm.prompts import Chunker, load_tokenizer
 
@@ -55,6 +64,10 @@ class ServingConfig:
     max_backoff_s: float = 60.0
     cache: Optional[str] = None       # request cache folder (local or gs://)
     startup_timeout_s: float = 1800.0
+    health_check_s: float = 30.0      # GET /models of `endpoint` for up to this long; 0: skip
+    circuit_failures: int = 5         # open the circuit after this many connection failures
+    circuit_after_s: float = 30.0     # ... in a row spanning this long (0 failures: never)
+    max_failed_fraction: float = 0.1  # the command fails above this fraction of failed requests
 
     def __post_init__(self):
         if (self.endpoint is None) == (self.serve is None):
@@ -62,6 +75,8 @@ class ServingConfig:
                              "(a model to start a server for)")
         if self.endpoint is not None and self.model is None:
             raise ValueError("'model' (the served model name) is required with 'endpoint'")
+        if not 0.0 <= self.max_failed_fraction <= 1.0:
+            raise ValueError("'max_failed_fraction' must be between 0 and 1")
 
     @property
     def model_name(self) -> str:
@@ -91,9 +106,12 @@ class Connection:
             self._server = acquire_server(config.serve, args, config.serve_env,
                                           config.startup_timeout_s)
             endpoint = self._server.base_url
+        elif config.health_check_s > 0:
+            check_server(endpoint, config.model_name, config.health_check_s)
         self.client = VLLMClient(endpoint, config.concurrency, config.timeout_s,
                                  config.max_attempts, config.backoff_s, config.max_backoff_s,
-                                 RequestCache(config.cache) if config.cache else None)
+                                 RequestCache(config.cache) if config.cache else None,
+                                 config.circuit_failures, config.circuit_after_s)
         return self.client
 
     def close(self) -> None:
@@ -118,3 +136,48 @@ class ServedModelFn:
 
     def teardown(self):
         self.connection.close()
+
+    def raise_if_unavailable(self, results=()) -> None:
+        """Fail the DoFn (and so the job) once the client's circuit is open: the server is gone
+        and every further request would fail at once. Finished requests stay cached."""
+        if self.client.unavailable is not None or any(r.error == UNAVAILABLE for r in results):
+            raise ServerUnavailable(self.client.unavailable or next(
+                r.detail for r in results if r.error == UNAVAILABLE))
+
+
+def preflight(config: ServingConfig, options) -> None:
+    """When the job graph is built for a local runner: a running server (`endpoint`) must answer
+    GET /models and serve the model, else `ServerUnavailable` (one line) before anything starts.
+    Remote runners check from the workers (`setup`): the endpoint may be reachable from there
+    only."""
+    if config.endpoint is not None and config.health_check_s > 0 and is_local(options):
+        check_server(config.endpoint, config.model_name, config.health_check_s)
+
+
+LLM_STAGES = ("rephrase", "lm_perplexity")  # stages counting `<stage>.requests` and
+                                              # `<stage>.failed_requests`
+
+
+def failed_fraction_errors(job_data: dict, stats: dict) -> list[str]:
+    """One line per LLM stage of a finished job whose failed requests exceed that stage's
+    `vllm.max_failed_fraction`; empty when all are within their limits."""
+    from transforms.core.config import parse
+    from transforms.core.stage import stage_class
+
+    counters = stats.get("counters", {})
+    errors = []
+    for index, entry in enumerate(job_data.get("stages") or []):
+        (name, params), = entry.items()
+        if name not in LLM_STAGES:
+            continue
+        limit = parse(stage_class(name).Config, params).vllm.max_failed_fraction
+        requests = counters.get(f"{name}.requests", 0)
+        failed = counters.get(f"{name}.failed_requests", 0)
+        if requests and failed / requests > limit:
+            reasons = {r: n for r, n in stats.get("failed_by_reason", {}).items()
+                       if r.startswith(f"{name}_")}
+            errors.append(
+                f"stages.{index}.{name}: {failed:,} of {requests:,} LLM requests failed "
+                f"({failed / requests:.1%} > vllm.max_failed_fraction {limit:g}; {reasons}); "
+                f"finished requests are cached: a re-run with the same cache resumes")
+    return errors
