@@ -13,11 +13,11 @@ from typing import Any, Optional
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.utils.shared import Shared
 
 from transforms.core.accounting import Rejects
 from transforms.core.config import ConfigError
 from transforms.core.documents import ID, SOURCE, concat, with_column
+from transforms.core.models import acquire, model_handle
 from transforms.core.progress import Progress
 from transforms.core.stage import REJECTS, Stage, documents_and_rejects
 
@@ -55,11 +55,6 @@ def apply_scored(batch: pa.RecordBatch, scored: Scored, rejects: Rejects) -> pa.
     return batch.filter(pa.array(keep))
 
 
-# (load_model, model key) -> the job's handle for that model; made in the driver as the stages
-# are built and pickled with them, so equal keys give one handle, and one copy per process.
-_MODEL_HANDLES: dict[tuple[str, str], Shared] = {}
-
-
 class ScoreBatchFn(beam.DoFn):
     """Base DoFn of the batch stages: subclasses implement `score(batch, *side_inputs) -> Scored`
     and, when they use a model, `load_model()`.
@@ -78,8 +73,7 @@ class ScoreBatchFn(beam.DoFn):
 
     def __init__(self, config: Any = None):
         self.config = config
-        self._shared_model = _MODEL_HANDLES.setdefault(
-            (type(self).load_model.__qualname__, self.model_key()), Shared())
+        self._shared_model = model_handle(type(self).load_model, self.model_key())
 
     def load_model(self) -> Any:
         """The stage's model (a weak-referenceable object), or None for stages without one."""
@@ -93,7 +87,7 @@ class ScoreBatchFn(beam.DoFn):
     def setup(self):
         self.progress = Progress(self.stage)
         has_model = type(self).load_model is not ScoreBatchFn.load_model
-        self.model = (self._shared_model.acquire(self.load_model, tag=self.model_key())
+        self.model = (acquire(self._shared_model, self.load_model, self.model_key())
                       if has_model else None)
 
     def score(self, batch: pa.RecordBatch, *side_inputs) -> Scored:

@@ -38,6 +38,7 @@ from transforms.core.columns import (CLUSTER, CLUSTER_DISTANCE, SELECTION_COUNT,
 from transforms.core.config import config_dataclass
 from transforms.core.documents import ID, TEXT, with_column
 from transforms.core.extras import require
+from transforms.core.models import acquire, model_handle
 from transforms.core.progress import Progress
 from transforms.core.stage import Contract, Stage
 from transforms.selection.el2n import TrainProxy
@@ -124,9 +125,11 @@ class EmbedFn(beam.DoFn):
 
     def __init__(self, config: EmbeddingConfig):
         self.config = config
+        self._shared_embedder = model_handle(load_embedder, repr(config))
 
     def setup(self):
-        self.embedder = load_embedder(self.config)
+        self.embedder = acquire(self._shared_embedder, lambda: load_embedder(self.config),
+                                repr(self.config))
         self.progress = Progress("sensitivity-embed")
 
     def process(self, batch):
