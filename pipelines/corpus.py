@@ -1,34 +1,53 @@
-"""A versioned corpus: immutable versions appended by refreshes, committed by one atomic rename.
+"""A versioned corpus: immutable versions appended by refreshes, each committed by the exclusive
+creation of one commit file.
 
 Layout of a corpus folder:
 
-    corpus.json               the committed versions (the only thing readers trust)
-    versions/NNNNN/           each version's job output: documents/, dead_letter/, clusters/,
-                              manifest.json, stats.json (shards keep the `id` column)
-    index/NNNNN/              dedup index entries added by version NNNNN
-    .work/NNNNN/              a refresh in progress (ignored by readers; redone after a crash)
-    .lock                     held by the refresh that is running
+    commits/NNNNN.json        the commit of version NNNNN: its record (counts, sources, refresh
+                              key) and `folder`, the attempt folder that holds its documents
+    corpus.json               every committed version, rebuilt from commits/ after each commit (a
+                              cache: readers take the union of it and commits/)
+    versions/<attempt>/       each attempt's job output: documents/, dead_letter/, clusters/,
+                              manifest.json, stats.json (shards keep the `id` column). <attempt> is
+                              `YYYYmmddTHHMMSS-<16 hex>`, unique to one refresh attempt
+    versions/NNNNN/           a version of a corpus written before commits/ existed (corpus.json
+                              entries without `folder`); still read
+    index/                    the dedup index; version N's entries are the update `version-NNNNN`
+    .lock                     held (`flock`) by the local refresh that is running
 
-A version becomes visible only when `corpus.json` is replaced (temp file + rename), after its
-documents and index entries are complete. A crash before that leaves the previous version
-untouched and the re-run redoes the work; a crash after it makes the re-run a no-op (the same
-inputs and config are recognised by their refresh key).
+The version number is assigned at the commit: a refresh that started from head H writes its
+documents to its own `versions/<attempt>/`, then creates `commits/<H+1>.json` only if it does not
+exist (local: the record is written and fsynced to a temporary name, then `os.link`ed to the final
+name, which fails if another attempt created it; gs://: `if_generation_match=0`; s3://: a put with
+`If-None-Match: *`). Exactly one attempt creates it; a loser raises `CorpusLocked` and deletes only
+its own attempt folder. A folder named by a commit file is never deleted or overwritten. A crash
+before the commit leaves an attempt folder that nothing names (deleted by the next local refresh
+that holds the lock); a crash after it makes the re-run a no-op (the same inputs and config are
+recognised by their refresh key) that rebuilds corpus.json and rolls the index and report forward.
 """
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
+import re
+import secrets
+import shutil
 import socket
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.core.config import ConfigError
 from transforms.core.files import read_json, write_json_atomic
 
-CORPUS_FILE, VERSIONS, INDEX, WORK, LOCK = "corpus.json", "versions", "index", ".work", ".lock"
+CORPUS_FILE, VERSIONS, COMMITS = "corpus.json", "versions", "commits"
+INDEX, WORK, LOCK = "index", ".work", ".lock"  # index: the dedup index of committed versions
+COMMIT_NAME = re.compile(r"\d{5,}\.json")
 
 
 class CorpusLocked(RuntimeError):
@@ -46,6 +65,7 @@ class Version:
     tokens: int = 0
     sources: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
+    folder: str = ""  # its attempt folder, relative to the corpus; "" = `versions/NNNNN` (old)
 
     @property
     def name(self) -> str:
@@ -56,6 +76,110 @@ def _exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+
+
+def new_attempt_id() -> str:
+    """A name no other refresh attempt uses: UTC time plus 64 random bits."""
+    return (dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-"
+            + secrets.token_hex(8))
+
+
+def _sync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_exclusive_create(root: str) -> None:
+    """Fail before any work where `create_exclusive` cannot work for a corpus at `root`."""
+    scheme = root.split("://", 1)[0] if "://" in root else ""
+    try:
+        if scheme == "gs":
+            import google.cloud.storage  # noqa: F401
+        elif scheme == "s3":
+            import boto3  # noqa: F401
+        elif scheme:
+            raise ConfigError(f"corpus '{root}': no conditional create on {scheme}:// "
+                              "(a refresh commits by one; use a local folder, gs:// or s3://)")
+    except ImportError as exc:
+        raise ConfigError(f"corpus '{root}': committing on {scheme}:// needs {exc.name} "
+                          "(its conditional create is the commit)") from None
+
+
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Create `path` holding `data` unless it exists; True if this call created it. The file
+    appears whole or not at all. Local: written and fsynced under a unique temporary name, then
+    `os.link`ed to `path` (fails if `path` exists). gs://: an upload with `if_generation_match=0`.
+    s3://: a put with `If-None-Match: *`. (A retried request may find the object its own first
+    try created: the caller compares the contents.)"""
+    if path.startswith("gs://"):
+        from google.api_core.exceptions import PreconditionFailed
+        from google.cloud import storage
+
+        bucket, _, name = path[len("gs://"):].partition("/")
+        try:
+            storage.Client().bucket(bucket).blob(name).upload_from_string(
+                data, content_type="application/json", if_generation_match=0)
+        except PreconditionFailed:
+            return False
+        return True
+    if path.startswith("s3://"):
+        import boto3
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path[len("s3://"):].partition("/")
+        try:
+            boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in (
+                    "PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                return False
+            raise
+        return True
+    check_exclusive_create(path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+    finally:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+    _sync_dir(folder)
+    return True
+
+
 class Corpus:
     def __init__(self, root: str):
         self.root = root
@@ -63,90 +187,170 @@ class Corpus:
     def path(self, *parts: str) -> str:
         return FileSystems.join(self.root, *parts)
 
+    def _commit_records(self) -> list[dict]:
+        folder = self.path(COMMITS)
+        found = FileSystems.match([FileSystems.join(folder, "*.json")])[0].metadata_list
+        paths = sorted(m.path for m in found if COMMIT_NAME.fullmatch(m.path.rsplit("/", 1)[-1]))
+        return [read_json(path) for path in paths]
+
     def versions(self) -> list[Version]:
+        """The committed versions: corpus.json's (it may lag one commit behind after a crash, and
+        holds the versions of corpora written before commits/) and commits/, which wins."""
+        found: dict[int, Version] = {}
         path = self.path(CORPUS_FILE)
-        if not _exists(path):
-            return []
-        return [Version(**v) for v in read_json(path)["versions"]]
+        if _exists(path):
+            for v in read_json(path)["versions"]:
+                found[v["version"]] = Version(**v)
+        for record in self._commit_records():
+            found[record["version"]] = Version(**record)
+        return [found[n] for n in sorted(found)]
 
     def head(self) -> Version | None:
         versions = self.versions()
         return versions[-1] if versions else None
 
-    def version_dir(self, number: int) -> str:
+    def version_dir(self, version: Version | int) -> str:
+        """The folder that holds a committed version, as its commit names it."""
+        if isinstance(version, int):
+            version = next((v for v in self.versions() if v.version == version), version)
+        if isinstance(version, Version) and version.folder:
+            return self.path(*version.folder.split("/"))
+        number = version.version if isinstance(version, Version) else version
         return self.path(VERSIONS, f"{number:05d}")
 
-    def work_dir(self, number: int) -> str:
-        return self.path(WORK, f"{number:05d}")
+    def attempt_dir(self, attempt: str) -> str:
+        return self.path(VERSIONS, attempt)
 
-    def index_dir(self, number: int) -> str:
-        return self.path(INDEX, f"{number:05d}")
+    def remove_attempt(self, attempt: str) -> None:
+        """Delete an attempt's folder (and any leftovers of its job beside it). Only for an attempt
+        that no commit names: the caller's own, or one left by a killed run."""
+        target = self.attempt_dir(attempt)
+        if "://" in self.root:
+            paths = [m.path for pattern in (f"{target}/**", f"{target}.*/**", f"{target}.*")
+                     for m in FileSystems.match([pattern])[0].metadata_list]
+            if paths:
+                FileSystems.delete(sorted(set(paths)))
+            return
+        for path in [target] + [os.path.join(os.path.dirname(target), name) for name in
+                                _listdir(os.path.dirname(target))
+                                if name.startswith(attempt + ".")]:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                os.remove(path)
 
-    def committed_index_dirs(self) -> list[str]:
-        """Index folders of committed versions only: a crashed refresh's entries never count."""
-        return [self.index_dir(v.version) for v in self.versions()
-                if _exists(self.index_dir(v.version))]
+    def remove_orphans(self) -> list[str]:
+        """Local, with the lock held (so no other attempt runs): delete what killed refreshes
+        left: attempt folders no commit names, `.work/` (older layout), temporary commit files."""
+        committed = {os.path.normpath(self.version_dir(v)) for v in self.versions()}
+        removed = []
+        for name in _listdir(self.path(VERSIONS)):
+            path = os.path.join(self.path(VERSIONS), name)
+            if os.path.normpath(path) not in committed:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.remove(path)
+                removed.append(path)
+        for name in _listdir(self.path(COMMITS)):
+            if not COMMIT_NAME.fullmatch(name):
+                os.remove(os.path.join(self.path(COMMITS), name))
+        if os.path.isdir(self.path(WORK)):
+            shutil.rmtree(self.path(WORK), ignore_errors=True)
+        return removed
 
     @contextmanager
     def lock(self):
-        """Exclusive lock for one refresh (an O_EXCL lock file). A lock left by a dead process on
-        this host is taken over; any other holder makes this refresh fail with a clear error."""
-        if "://" in self.root:  # object stores: no exclusive create; commit()'s CAS still guards
-            yield
+        """Exclusive lock for one local refresh: `flock` on `.lock`, which the kernel releases
+        when its holder dies, so a dead holder's lock is free without any takeover step. The
+        file records the holder (pid, host, start time) for the error that a second refresh
+        gets. The holder unlinks it while still holding it; a contender that locked the unlinked
+        file sees that `.lock` is now another file and tries again, so two can never both hold
+        it. Yields True (the caller is alone: it may remove what killed refreshes left); on
+        object stores, where there is no lock, yields False at once and only the commit's
+        exclusive create keeps concurrent refreshes apart."""
+        if "://" in self.root:
+            yield False
             return
         os.makedirs(self.root, exist_ok=True)
         path = self.path(LOCK)
         mine = {"pid": os.getpid(), "host": socket.gethostname(),
-                "since": dt.datetime.now(dt.timezone.utc).isoformat(), "token": uuid.uuid4().hex}
-        for _ in range(2):
+                "since": dt.datetime.now(dt.timezone.utc).isoformat()}
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self._lock_holder(path)
-                if holder and self._is_dead(holder):
-                    os.replace(path, f"{path}.stale-{uuid.uuid4().hex}")
-                    continue
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._lock_holder(fd)
+                os.close(fd)
                 raise CorpusLocked(
-                    f"corpus {self.root} is being refreshed by pid {holder.get('pid')} on "
-                    f"{holder.get('host')} since {holder.get('since')}; if that run is gone, "
-                    f"remove {path}") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(mine, f)
-            break
+                    f"corpus {self.root} is being refreshed by pid {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')} since {holder.get('since', '?')}") from None
+            try:
+                held, now = os.fstat(fd), os.stat(path)
+                same = (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # its holder unlinked it between our open and flock: lock the new one
         try:
-            yield
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(mine).encode())
+            os.fsync(fd)
+            yield True
         finally:
-            if self._lock_holder(path).get("token") == mine["token"]:
-                os.remove(path)
+            try:
+                os.unlink(path)  # before the close that releases it (see above)
+            except OSError:
+                pass
+            os.close(fd)
 
     @staticmethod
-    def _lock_holder(path: str) -> dict:
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
-
-    @staticmethod
-    def _is_dead(holder: dict) -> bool:
-        if holder.get("host") != socket.gethostname():
-            return False
-        try:
-            os.kill(int(holder["pid"]), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, KeyError, ValueError):
-            return False
-        return False
+    def _lock_holder(fd: int) -> dict:
+        """Who holds the lock. It writes that just after it locks, so until then the file is
+        empty or still names a dead holder: wait a moment for a live one."""
+        holder: dict = {}
+        for _ in range(50):
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode())
+                if holder.get("host") != socket.gethostname() or _alive(int(holder["pid"])):
+                    return holder
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            time.sleep(0.01)
+        return holder
 
     def commit(self, version: Version, expected_head: int) -> None:
-        """Make `version` visible: compare-and-swap on the head, then one atomic rename."""
+        """Make `version` (numbered `expected_head + 1`, its documents complete in
+        `version.folder`) visible: create `commits/<number>.json` only if no other attempt did,
+        then rebuild corpus.json. Raises CorpusLocked if the head moved (nothing committed)."""
+        number = expected_head + 1
+        if version.version != number:
+            raise ValueError(f"version {version.version} cannot follow head {expected_head}")
         current = self.head()
         if (current.version if current else 0) != expected_head:
-            raise CorpusLocked(f"corpus {self.root} moved to version {current.version} while "
-                               f"this refresh ran from version {expected_head}: not committed")
-        versions = self.versions() + [version]
-        write_json_atomic(self.path(CORPUS_FILE), {"versions": [asdict(v) for v in versions]})
+            raise self._moved(current, expected_head)
+        record = json.dumps(asdict(version), indent=2, default=str).encode("utf-8")
+        path = self.path(COMMITS, f"{number:05d}.json")
+        if not create_exclusive(path, record):
+            theirs = read_json(path)
+            if not (version.folder and theirs.get("folder") == version.folder):
+                raise self._moved(self.head(), expected_head)
+            # else: a retried request found the commit its own first try created
+        self.sync()
+
+    def _moved(self, current: Version | None, expected_head: int) -> CorpusLocked:
+        return CorpusLocked(f"corpus {self.root} moved to version "
+                            f"{current.version if current else 0} while this refresh ran from "
+                            f"version {expected_head}: not committed")
+
+    def sync(self) -> None:
+        """Rebuild corpus.json from the commits (atomic replace). Only ever adds versions; a
+        rebuild that races another on an object store may leave it one commit behind, which the
+        readers' union with commits/ and the next refresh's rebuild make up for."""
+        write_json_atomic(self.path(CORPUS_FILE),
+                          {"versions": [asdict(v) for v in self.versions()]})
 
 
 def diff(a: Version | None, b: Version, between: list[Version]) -> dict:

@@ -2,14 +2,17 @@
 
 A refresh runs the config's stages on the new input only, with its `dedup` stage reading the
 corpus's dedup index (so new documents that duplicate any committed version are dropped as
-`duplicate_of_index`), writes the survivors as version N+1, commits, then adds the survivors'
-keys to the index and regenerates the corpus report. Steps, and what a crash at each leaves:
+`duplicate_of_index`), writes the survivors to its own attempt folder, commits them as version
+N+1, then adds the survivors' keys to the index and regenerates the corpus report. Steps, and what
+a crash at each leaves (pipelines/corpus.py describes the layout and the commit):
 
-1. the job writes `.work/N+1/`            crash: nothing visible; the re-run redoes it
-2. `.work/N+1` moves to `versions/N+1`    crash: not in corpus.json; the re-run redoes it
-3. corpus.json lists N+1 (the commit)     crash after: the re-run sees the same refresh key
-4. index entries of N+1 are added         (idempotent, keyed by version) and rolls 4-5 forward
-5. the report is rewritten
+1. the job writes `versions/<attempt>/`   crash: named by no commit, so invisible; the next
+                                          local refresh deletes it and redoes the work
+2. `commits/N+1.json` is created only if  crash after: the re-run sees the same refresh key
+   absent (the commit), corpus.json       and rolls 2-4 forward; a loser (N+1 exists) deletes
+   rebuilt from commits/                  its own attempt folder and fails (CorpusLocked)
+3. index entries of N+1 are added         (idempotent, keyed by version)
+4. the report is rewritten
 """
 from __future__ import annotations
 
@@ -17,17 +20,16 @@ import copy
 import datetime as dt
 import hashlib
 import json
-import os
 import sys
 from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.corpus import Corpus, CorpusLocked, Version, diff
-from pipelines.corpus_report import write_corpus_report
+from pipelines.corpus import (INDEX, VERSIONS, Corpus, CorpusLocked, Version,
+                              check_exclusive_create, diff, new_attempt_id)
 from pipelines.job import config_hash, load_config, run_job
-from pipelines.report import write_mixture_report
 from transforms.core.config import ConfigError, parse
+from transforms.core.extras import require
 from transforms.dedup.index import commit as commit_index
 from transforms.dedup.stage import DedupConfig
 
@@ -57,34 +59,27 @@ def _dedup_entry(stages: list) -> tuple[int, dict]:
 def _with_corpus_index(data: dict, corpus: Corpus) -> tuple[dict, DedupConfig]:
     data = copy.deepcopy(data)
     position, params = _dedup_entry(data["stages"])
-    params = dict(params, index=corpus.path("index"), write_index=True)
+    params = dict(params, index=corpus.path(INDEX), write_index=True)
     data["stages"][position] = {"dedup": params}
     return data, parse(DedupConfig, params, where=f"stages.{position}.dedup")
-
-
-def _move_tree(source: str, target: str) -> None:
-    """Move a folder; on object stores, where folders are only name prefixes, file by file."""
-    if FileSystems.exists(target):
-        FileSystems.delete([target])
-    if "://" not in source:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        FileSystems.rename([source], [target])
-        return
-    paths = sorted(m.path for m in
-                   FileSystems.match([FileSystems.join(source, "**")])[0].metadata_list)
-    FileSystems.rename(paths, [target + p[len(source):] for p in paths])
 
 
 def _finish(corpus: Corpus, version: Version, dedup: DedupConfig, mixture: MixtureReport,
             log) -> None:
     """Steps 4-5 for a committed version; safe to repeat."""
-    update = FileSystems.join(corpus.version_dir(version.version), INDEX_UPDATE)
+    # the reports need the `mixture` extra (matplotlib), checked by `refresh` before it starts
+    from pipelines.corpus_report import write_corpus_report
+
+    corpus.sync()  # corpus.json lists every commit, also after a crash right after one
+    update = FileSystems.join(corpus.version_dir(version), INDEX_UPDATE)
     if FileSystems.exists(update):
-        commit_index(update, corpus.path("index"), dedup.sketch_params(),
+        commit_index(update, corpus.path(INDEX), dedup.sketch_params(),
                      update_id=f"version-{version.name}")
     log(f"sluice: report {write_corpus_report(corpus)}")
     if mixture.model:
-        manifests = [FileSystems.join(corpus.version_dir(v.version), "manifest.json")
+        from pipelines.report import write_mixture_report
+
+        manifests = [FileSystems.join(corpus.version_dir(v), "manifest.json")
                      for v in corpus.versions()]
         path = write_mixture_report(mixture.model, domains=manifests, tokens=mixture.tokens,
                                     max_epochs=mixture.max_epochs)
@@ -104,12 +99,18 @@ class MixtureReport:
 def refresh(root: str, config_path: str, inputs: list[str], sets: list[str] | None = None,
             beam_args: list[str] | None = None, log=print,
             mixture: MixtureReport = MixtureReport()) -> Version:
+    # the reports of step 5: checked first, so a missing extra stops nothing half-way
+    require("mixture", "matplotlib", *(["lightgbm"] if mixture.model else []),
+            by="command 'refresh' (its reports)")
     corpus = Corpus(root)
+    check_exclusive_create(root)
     data = load_config(config_path, inputs=inputs, sets=sets)
     key, user_config_hash = refresh_key(data), config_hash({k: v for k, v in data.items()
                                                            if k != "output"})
     data, dedup = _with_corpus_index(data, corpus)
-    with corpus.lock():
+    with corpus.lock() as alone:
+        if alone:  # local, lock held: what killed refreshes left is nobody's
+            corpus.remove_orphans()
         head = corpus.head()
         if head:
             _finish(corpus, head, dedup, mixture, log)  # roll forward a refresh that crashed after commit
@@ -117,20 +118,28 @@ def refresh(root: str, config_path: str, inputs: list[str], sets: list[str] | No
                 log(f"sluice: these inputs and config are already version {head.version}")
                 return head
         number = (head.version if head else 0) + 1
-        work = corpus.work_dir(number)
-        if FileSystems.exists(work):
-            FileSystems.delete([work])
-        data["output"] = work
-        stats = run_job(data, beam_args or [], log=log)
-        with FileSystems.open(FileSystems.join(work, "manifest.json")) as f:
-            manifest = json.loads(f.read())
-        _move_tree(work, corpus.version_dir(number))
-        version = Version(
-            version=number, docs=stats["kept"], tokens=manifest["totals"]["tokens"],
-            created=dt.datetime.now(dt.timezone.utc).isoformat(), inputs=list(inputs),
-            config_hash=user_config_hash,
-            refresh_key=key, sources=manifest["sources"], stats=stats)
-        corpus.commit(version, head.version if head else 0)
+        attempt = new_attempt_id()  # the version's folder: no other attempt can write it
+        data["output"] = corpus.attempt_dir(attempt)
+        committing = False
+        try:
+            stats = run_job(data, beam_args or [], log=log)
+            with FileSystems.open(FileSystems.join(data["output"], "manifest.json")) as f:
+                manifest = json.loads(f.read())
+            version = Version(
+                version=number, docs=stats["kept"], tokens=manifest["totals"]["tokens"],
+                created=dt.datetime.now(dt.timezone.utc).isoformat(), inputs=list(inputs),
+                config_hash=user_config_hash,
+                refresh_key=key, sources=manifest["sources"], stats=stats,
+                folder=f"{VERSIONS}/{attempt}")
+            committing = True
+            corpus.commit(version, head.version if head else 0)
+        except CorpusLocked as exc:  # another attempt committed version `number`: ours is void
+            corpus.remove_attempt(attempt)
+            raise CorpusLocked(f"{exc} (its folder {data['output']} is removed)") from None
+        except BaseException:
+            if not committing:  # once the commit was tried, a folder it may name is kept
+                corpus.remove_attempt(attempt)
+            raise
         log(f"sluice: committed version {number} ({version.docs:,} documents)")
         _finish(corpus, version, dedup, mixture, log)
     return version

@@ -73,7 +73,12 @@ def test_two_refreshes_make_two_versions(reference):
     for v in (first, second):
         stats = v.stats
         assert stats["input"] == stats["kept"] + sum(stats["dropped"].values()) + stats["failed"]
-        assert os.path.exists(os.path.join(root, "versions", v.name, "manifest.json"))
+        # each version lives in its own attempt folder, which its commit file names
+        assert v.folder.startswith("versions/") and v.folder != f"versions/{v.name}"
+        assert os.path.exists(os.path.join(Corpus(str(root)).version_dir(v), "manifest.json"))
+        assert (root / "commits" / f"{v.name}.json").exists()
+    assert sorted(os.listdir(root / "versions")) == sorted(
+        v.folder.split("/")[1] for v in (first, second))
     html = (root / "report.html").read_text()
     assert "wikipedia_revisions_more" in html and "data:image/png;base64," in html
     assert not (root / ".lock").exists()
@@ -127,11 +132,11 @@ def test_a_second_refresh_cannot_commit_while_one_holds_the_corpus(tmp_path, sna
                               capture_output=True, text=True, cwd=REPO, timeout=300)
         assert done.returncode == 3
         assert "is being refreshed by pid" in done.stderr
-    # Compare-and-swap: a commit from a stale head is refused.
+    # A commit from a stale head is refused.
     version = Version(1, 0, "now", [], "h", "k")
     corpus.commit(version, expected_head=0)
     with pytest.raises(CorpusLocked, match="moved to version 1"):
-        corpus.commit(Version(2, 0, "now", [], "h", "k2"), expected_head=0)
+        corpus.commit(Version(1, 0, "now", [], "h", "k2"), expected_head=0)
 
 
 def _refresh_process(root, inputs):
@@ -162,24 +167,34 @@ def version_one(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["pipeline running", "version moved", "committed"])
+@pytest.mark.parametrize("point", ["pipeline running", "version written", "committed"])
 def test_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, reference, snapshots, version_one,
                                                        point):
     ref_root, _, _ = reference
     root = tmp_path / "corpus"
     shutil.copytree(version_one, root)
     before = corpus_state(root)
+    first = set(os.listdir(root / "versions"))
+    new = lambda: [p for p in (root / "versions").iterdir() if p.name not in first]  # noqa: E731
     conditions = {
-        "pipeline running": lambda: (root / ".work" / "00002").exists(),
-        "version moved": lambda: (root / "versions" / "00002").exists(),
-        "committed": lambda: '"version": 2' in (root / "corpus.json").read_text(),
+        "pipeline running": lambda: bool(new()),
+        "version written": lambda: any("." not in p.name and (p / "manifest.json").exists()
+                                       for p in new()),
+        "committed": lambda: (root / "commits" / "00002.json").exists(),
     }
     process = _refresh_process(root, snapshots)
     killed = _kill_when(process, conditions[point])
-    # The commit is one rename: a reader sees the previous version or the complete new one.
+    # The commit is one exclusive create: a reader sees the previous version or the new one.
     # (The kill lands a few ms after the condition, which may already be past the commit.)
     expected = corpus_state(ref_root)
     without_index = lambda state: {k: v for k, v in state.items() if k != "index"}  # noqa: E731
     assert without_index(corpus_state(root)) in (without_index(before), without_index(expected))
     refresh(str(root), CONFIG, snapshots, beam_args=WORKERS, log=lambda *_: None)
     assert corpus_state(root) == expected, f"killed={killed}"
+    # what the killed run left is gone: only committed versions' folders, no temporary files
+    corpus = Corpus(str(root))
+    assert sorted(os.listdir(root / "versions")) == sorted(
+        v.folder.split("/")[1] for v in corpus.versions())
+    assert sorted(os.listdir(root / "commits")) == ["00001.json", "00002.json"]
+    assert json.loads((root / "corpus.json").read_text())["versions"] == [
+        json.loads((root / "commits" / n).read_text()) for n in ("00001.json", "00002.json")]
