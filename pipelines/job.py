@@ -31,8 +31,9 @@ from typing import Annotated, Any, Optional
 import apache_beam as beam
 import yaml
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, SetupOptions,
-                                                  StandardOptions, TestOptions, TypeOptions)
+from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, PortableOptions,
+                                                  SetupOptions, StandardOptions, TestOptions,
+                                                  TypeOptions)
 from apache_beam.portability import python_urns
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pydantic import Field
@@ -58,6 +59,9 @@ class JobConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
     allow_empty: bool = False  # a run that reads no records fails unless this is set
+    # local paths are on a filesystem every worker mounts at the same path (NFS, Lustre, a
+    # FUSE-mounted bucket): a remote runner may then read and write them
+    shared_mount: bool = False
 
 
 # --- config loading -----------------------------------------------------------------------------
@@ -411,6 +415,16 @@ def build(pipeline: beam.Pipeline, job: JobConfig, context: JobContext) -> None:
     context.write_shard_index()
 
 
+def _with_token_counts(sources: dict, stats: dict) -> dict:
+    """Per-source counts with the tokenize stage's real tokens (counters `tokens.<source>`)
+    beside the whitespace `tokens`, as `tokenizer_tokens`."""
+    sources = {name: dict(counts) for name, counts in sources.items()}
+    for name, n in stats["counters"].items():
+        if name.startswith("tokens."):
+            sources.setdefault(name[len("tokens."):], {})["tokenizer_tokens"] = n
+    return dict(sorted(sources.items()))
+
+
 def check_job(job: JobConfig) -> list[str]:
     """Everything that can be checked before a pipeline exists: each stage's config (and the
     files it needs), then the chain of columns from the input through the stages. Raises
@@ -420,16 +434,29 @@ def check_job(job: JobConfig) -> list[str]:
     return check_chain(stages, schema.input_fields(job.input))
 
 
+def check_workers_reach(job: JobConfig, options: PipelineOptions) -> None:
+    """A remote runner's workers must reach the input and the output: object stores always do;
+    local paths only when the workers run in this process (the portable runner's LOOPBACK
+    environment) or the job declares them on a mount every worker sees (`shared_mount`)."""
+    if is_local(options) or job.shared_mount:
+        return
+    if (options.view_as(PortableOptions).environment_type or "").upper() == "LOOPBACK":
+        return
+    local = [s.path for s in job.input if "://" not in s.path]
+    if "://" not in job.output or local:
+        raise ConfigError(
+            "a remote runner's workers must reach the input and output: use gs:// or s3:// "
+            "paths, set `shared_mount: true` when local paths are on a mount every worker sees "
+            f"(NFS, Lustre, FUSE), or run the LOOPBACK environment (got output '{job.output}', "
+            f"local inputs {local})")
+
+
 def run_job(data: dict, beam_args: list[str], build_fn=build, log=print) -> dict:
     """Run a job from resolved config data; returns stats (raises if accounting is off)."""
     job = parse(JobConfig, data)
     check_job(job)  # its notes are for `sluice check`: a run prints only progress and accounting
     options, runner = pipeline_options(beam_args)
-    if not is_local(options):
-        local = [s.path for s in job.input if "://" not in s.path]
-        if "://" not in job.output or local:
-            raise ConfigError("a remote runner needs input and output on shared storage "
-                              f"(gs://, s3://), got output '{job.output}' inputs {local}")
+    check_workers_reach(job, options)
     started = dt.datetime.now(dt.timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     dry_run = options.view_as(TestOptions).dry_run
@@ -473,7 +500,7 @@ def run_job(data: dict, beam_args: list[str], build_fn=build, log=print) -> dict
             "config": to_dict(job) | {"stages": job.stages},
             "config_hash": config_hash(data),
             "totals": outputs[DOCUMENTS]["totals"],
-            "sources": outputs[DOCUMENTS]["sources"],
+            "sources": _with_token_counts(outputs[DOCUMENTS]["sources"], stats),
             "outputs": outputs,
             "stats": stats,
         }

@@ -177,7 +177,7 @@ def test_dataflow_job_builds_offline(monkeypatch):
 
 def test_remote_runner_rejects_local_paths(tmp_path):
     data = demo_config(tmp_path / "o")
-    with pytest.raises(ConfigError, match="shared storage"):
+    with pytest.raises(ConfigError, match="workers must reach"):
         run_job(data, ["--runner=DataflowRunner", "--project=p", "--region=r",
                        "--temp_location=gs://b/tmp"])
 
