@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.core.config import ConfigError
-from transforms.core.files import read_json, write_json_atomic
+from transforms.core.files import read_json, sync_dir, write_json_atomic
 
 CORPUS_FILE, VERSIONS, COMMITS = "corpus.json", "versions", "commits"
 INDEX, WORK, LOCK = "index", ".work", ".lock"  # index: the dedup index of committed versions
@@ -97,19 +97,6 @@ def new_attempt_id() -> str:
     """A name no other refresh attempt uses: UTC time plus 64 random bits."""
     return (dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-"
             + secrets.token_hex(8))
-
-
-def _sync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def check_exclusive_create(root: str) -> None:
@@ -176,7 +163,7 @@ def create_exclusive(path: str, data: bytes) -> bool:
             os.unlink(temp)
         except OSError:
             pass
-    _sync_dir(folder)
+    sync_dir(folder)
     return True
 
 

@@ -40,7 +40,7 @@ from pydantic import Field
 
 from transforms.core.accounting import run_stats, summary
 from transforms.core.config import ConfigError, config_dataclass, is_local, parse, to_dict
-from transforms.core.files import write_json_atomic
+from transforms.core.files import sync_dir, write_json_atomic
 from transforms.core.stage import JobContext, build_stage, check_chain
 from transforms.io import schema
 from transforms.io.ingest import IngestConfig, InputSpec, ReadDocuments
@@ -358,7 +358,7 @@ class OutputTarget:
                     os.rename(old, self.output)  # an error (not a kill) here: the old one stays
                 raise
             self.committed = True
-            _sync_dir(os.path.dirname(self.output))
+            sync_dir(os.path.dirname(self.output))
             fault_point("new-moved")
             if had_old:
                 self._remove(old)
@@ -380,20 +380,6 @@ class OutputTarget:
         FileSystems.rename([f"{self.root}/manifest.json"], [marker])
         self.committed = True
         self._remove(self.root)
-
-
-def _sync_dir(path: str) -> None:
-    """Persist a rename in folder `path` (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(path or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- the job ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ stores the rename is a copy then delete of one object, which is also all-or-noth
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from typing import IO, Any, Callable
 
@@ -72,6 +73,21 @@ def read_arrow_batches(path: str):
     except pa.ArrowInvalid:
         batches = pa.ipc.open_stream(data)
     yield from batches
+
+
+def sync_dir(path: str) -> None:
+    """Persist renames and creations in local folder `path` (best effort: not every filesystem
+    lets a folder be opened or synced)."""
+    try:
+        fd = os.open(path or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _remove_quietly(path: str) -> None:
