@@ -6,6 +6,7 @@ the extra of the stage or command that needs them (setup.py `extras_require`):
     mixture    lightgbm, scikit-learn, matplotlib   `sluice mixture fit|predict|report`, the
                                               corpus report of `sluice refresh`
     llm        transformers, tokenizers       chunking for the vLLM stages (rephrase, lm_perplexity)
+    tokens     tokenizers                     the `tokenize` stage and `sluice tokenize`
 
 `require` checks before anything runs (a stage's `__init__`, a command's start), so a missing
 extra is one line naming the `pip install` that fixes it, not an ImportError on a worker.

@@ -1,0 +1,1 @@
+"""Training-ready output: tokenization into Megatron-LM indexed datasets and tokenized Arrow."""
