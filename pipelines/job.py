@@ -26,7 +26,7 @@ import subprocess
 import sys
 import uuid
 from dataclasses import field
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import apache_beam as beam
 import yaml
@@ -38,6 +38,7 @@ from apache_beam.portability import python_urns
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pydantic import Field
 
+from pipelines.profile import write_profile
 from transforms.core.accounting import run_stats, summary
 from transforms.core.config import ConfigError, config_dataclass, is_local, parse, to_dict
 from transforms.core.files import sync_dir, write_json_atomic
@@ -62,6 +63,9 @@ class JobConfig:
     # local paths are on a filesystem every worker mounts at the same path (NFS, Lustre, a
     # FUSE-mounted bucket): a remote runner may then read and write them
     shared_mount: bool = False
+    # the corpus profile written with the output (pipelines/profile.py): profile.json reads the
+    # documents' columns once more after the pipeline; html adds the page (matplotlib)
+    profile: Literal["json", "html", "none"] = "json"
 
 
 # --- config loading -----------------------------------------------------------------------------
@@ -495,5 +499,7 @@ def run_job(data: dict, beam_args: list[str], build_fn=build, log=print) -> dict
         log(summary(stats))
         if not stats["balanced"]:
             raise RuntimeError("accounting does not balance: input != kept + dropped + failed")
+        if job.profile != "none":
+            write_profile(target.root, html=job.profile == "html", log=lambda *_: None)
         target.commit()
     return stats

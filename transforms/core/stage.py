@@ -38,14 +38,21 @@ STAGES: dict[str, str] = {
     "sensitivity": "transforms.selection.sensitivity:Sensitivity",
     "select": "transforms.selection.select:Select",
     "dedup": "transforms.dedup.stage:Dedup",
+    "decontaminate": "transforms.decontam.stage:Decontaminate",
     "rephrase": "transforms.llm.rephrase:Rephrase",
     "lm_perplexity": "transforms.llm.lm_perplexity:LMPerplexity",
     "heuristics": "transforms.quality.heuristics:HeuristicsStage",
     "langid": "transforms.quality.langid:LangIdStage",
     "quality": "transforms.quality.classifier:QualityStage",
+    "embedding_quality": "transforms.quality.embedding_quality:EmbeddingQualityStage",
     "buckets": "transforms.quality.buckets:BucketsStage",
     "perplexity": "transforms.quality.perplexity:PerplexityStage",
     "filter": "transforms.quality.filter:FilterStage",
+    "tokenize": "transforms.tokens.tokenize:Tokenize",
+    "url_filter": "transforms.cleaning.url_filter:UrlFilter",
+    "line_dedup": "transforms.cleaning.line_dedup:LineDedup",
+    "pii": "transforms.cleaning.pii:Pii",
+    "substring_dedup": "transforms.cleaning.substring_dedup:SubstringDedup",
 }
 
 

@@ -119,7 +119,7 @@ class Shingling:
             unit_hashes, offsets = _token_hashes(tokens)
         else:
             unit_hashes, offsets = _char_hashes(self.normalised(tokens))
-        return _ngram_hashes(unit_hashes, offsets, self.ngram)
+        return unit_ngram_hashes(unit_hashes, offsets, self.ngram)
 
 
 # UTF-8 byte -> itself, except ASCII bytes outside `\\w` ([0-9A-Za-z_]), which become a space
@@ -166,7 +166,8 @@ def _char_hashes(normalised: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return fmix64(flat.astype(np.uint64) + np.uint64(1)), offsets
 
 
-def _ngram_hashes(units: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def unit_ngram_hashes(units: np.ndarray, offsets: np.ndarray,
+                      n: int) -> tuple[np.ndarray, np.ndarray]:
     """Roll unit hashes into n-gram hashes per document; short documents give one shingle."""
     lengths = np.diff(offsets)
     counts = np.where(lengths >= n, lengths - n + 1, np.minimum(lengths, 1))
