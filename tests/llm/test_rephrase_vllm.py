@@ -98,13 +98,16 @@ def test_rephrase_routes_by_bucket_end_to_end(vllm_server, tiny_model_dir, share
                                              "max_tokens": 32}
         assert 0 <= s["chunk_index"] < s["chunk_count"] and s["text"].strip()
         assert 0 < s["completion_tokens"] < 32
-    # random weights never write the Nemotron-CC prefix lines; wrap_qa's 8-token cap truncates
+    # random weights never write the Nemotron-CC prefix lines nor QA pairs: outputs of the
+    # templates whose prefix is required are dropped, as are diverse-QA outputs without pairs;
+    # extract/list keep theirs (prefix optional); wrap_qa's 8-token cap truncates
     by_reason: dict[str, set] = {}
     for r in rejected:
         by_reason.setdefault(r["reason"], set()).add(r["style"])
     assert by_reason["rephrase_truncated"] == {"wrap_qa"}
-    assert by_reason["rephrase_missing_prefix"] == {"nemotron_wikipedia", *NEMOTRON_HIGH}
-    assert {s["style"] for s in synthetic} == {"wrap_simple"}
+    assert by_reason["rephrase_missing_prefix"] == {"nemotron_wikipedia", "nemotron_distill"}
+    assert by_reason["rephrase_no_qa_pairs"] == {"nemotron_qa"}
+    assert {s["style"] for s in synthetic} == {"wrap_simple", "nemotron_extract", "nemotron_list"}
     assert stats["dropped"].get("rephrase_missing_prefix", 0) > 0
 
 

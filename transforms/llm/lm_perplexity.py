@@ -96,7 +96,8 @@ class LMPerplexity(Stage):
 
     def __init__(self, config: LMPerplexityConfig, context=None):
         super().__init__(config, context)
-        require("llm", "transformers", "tokenizers", by="stage 'lm_perplexity'")
+        if not config.vllm.server_tokenizer:  # else it chunks with the server's tokenizer
+            require("llm", "transformers", "tokenizers", by="stage 'lm_perplexity'")
 
     def contract(self) -> Contract:
         prefix = self.config.column_prefix

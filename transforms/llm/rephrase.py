@@ -12,7 +12,8 @@ Outputs: the input documents pass through unchanged; the synthetic documents go 
 output folder (`OUTPUT/synthetic/`, `source` suffixed `_synthetic`) with provenance columns
 `parent_id, style, family, model, prompt_hash, chunk_index, chunk_count, sampling` and token
 counts. Each request counts as one `input` record of that output and ends kept, dropped
-(`rephrase_truncated`, `rephrase_missing_prefix`, `rephrase_empty`) or failed (`rephrase_<error>`
+(`rephrase_truncated`, `rephrase_missing_prefix`, `rephrase_no_qa_pairs`,
+`rephrase_empty`) or failed (`rephrase_<error>`
 once retries are spent, with the request body in the dead-letter output), so the job's
 accounting identity covers the synthetic documents too. A server that is unreachable at the
 start or dies mid-run fails the job instead (`ServerUnavailable`, transforms/llm/serving.py). Finished requests are cached by
@@ -22,7 +23,10 @@ re-run writes the same documents, never a second copy.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
+import random
+import re
 from dataclasses import field
 from typing import Optional
 
@@ -81,18 +85,71 @@ class RephraseConfig:
             raise ValueError(f"unknown template(s) {unknown}; known: {sorted(known)}")
 
 
-def accept(text: str, finish_reason: Optional[str], prefix: Optional[str]) -> str:
-    """Nemotron-CC post-filters: the kept text of an output, or `Drop` with the reason."""
+def accept(text: str, finish_reason: Optional[str], prefix: Optional[str],
+           prefix_required: bool = True) -> str:
+    """Nemotron-CC post-filters: the kept text of an output, or `Drop` with the reason. The
+    `prefix` line is removed; an output without it is dropped when `prefix_required`."""
     if finish_reason == "length":
         raise Drop("rephrase_truncated", "output reached max_tokens")
     text = text.strip()
     if prefix:
-        if not text[: len(prefix)].lower() == prefix.lower():
+        if text[: len(prefix)].lower() == prefix.lower():
+            text = text[len(prefix):].strip()
+        elif prefix_required:
             raise Drop("rephrase_missing_prefix", text[:200])
-        text = text[len(prefix):].strip()
     if not text:
         raise Drop("rephrase_empty")
     return text
+
+
+# "Question:" / "Answer:" markers as models write them: optionally bulleted ("- ", "* "),
+# numbered ("1. ", "Question 1:"), or in markdown bold ("**Question:**").
+_MARK = r"^(?:[-*\u2022]\s*|\d+[.)]\s*)?(?:\*\*)?\s*{word}(?:\s*\d+)?\s*(?:\*\*)?\s*:\s*(?:\*\*)?\s*"
+QUESTION = re.compile(_MARK.format(word="question"), re.IGNORECASE)
+ANSWER = re.compile(_MARK.format(word="answer"), re.IGNORECASE)
+INLINE_ANSWER = re.compile(r"\s(?:\*\*)?answer\s*:(?:\*\*)?\s*", re.IGNORECASE)
+
+
+def qa_pairs(text: str) -> list[str]:
+    """The question-answer pairs of a diverse-QA output, each `Question: ...\nAnswer: ...`.
+
+    The output is split into lines; a line starting with a Question marker starts a pair, one
+    starting with an Answer marker starts its answer, other lines continue the question (e.g.
+    multiple-choice options) or the answer. Lines before the first question (the prefix line, a
+    preamble) are not part of any pair; a question without an answer is left out."""
+    pairs: list[tuple[list[str], Optional[list[str]]]] = []
+    for raw in text.split("\n"):
+        line = raw.strip()
+        if not line:
+            continue
+        question = QUESTION.match(line)
+        if question:
+            line = line[question.end():]
+            inline = INLINE_ANSWER.search(line)  # "Question: ...? Answer: ..." on one line
+            pairs.append(([line[:inline.start()].strip()], [line[inline.end():].strip()])
+                         if inline else ([line], None))
+            continue
+        if not pairs:
+            continue
+        answer = ANSWER.match(line)
+        if answer and pairs[-1][1] is None:
+            pairs[-1] = (pairs[-1][0], [line[answer.end():]])
+        else:
+            (pairs[-1][0] if pairs[-1][1] is None else pairs[-1][1]).append(line)
+    return ["Question: " + "\n".join(q).strip() + "\nAnswer: " + "\n".join(a).strip()
+            for q, a in pairs if a is not None and "".join(a).strip() and "".join(q).strip()]
+
+
+def diverse_qa(chunk: str, output: str, max_pairs: int, seed_key: str) -> str:
+    """Nemotron-CC diverse-QA post-processing, as we read NeMo Curator's: a random number
+    (1..max_pairs) of the output's QA pairs, drawn at random, after the text the model was
+    given. Deterministic: the draw is seeded by `seed_key` (seed, document id, chunk)."""
+    pairs = qa_pairs(output)
+    if not pairs:
+        raise Drop("rephrase_no_qa_pairs", output[:200])
+    rng = random.Random(int.from_bytes(hashlib.sha256(seed_key.encode()).digest()[:8], "big"))
+    kept = rng.sample(pairs, rng.randint(1, min(max_pairs, len(pairs))))
+    return chunk.strip() + "\n\n" + "\n\n".join(kept)
 
 
 class RephraseFn(ServedModelFn, beam.DoFn):
@@ -123,16 +180,20 @@ class RephraseFn(ServedModelFn, beam.DoFn):
                    if c in batch.schema.names]
         model = self.config.vllm.model_name
         planned = []
-        for doc in batch.select(columns).to_pylist():
-            text = doc.get(TEXT) or ""
-            measured = self.chunker.measure(text) if text.strip() else ([], [])
+        docs = batch.select(columns).to_pylist()
+        texts = [doc.get(TEXT) or "" for doc in docs]
+        # one tokenizer call for the batch's lines (the server's tokenizer: all queued at once)
+        measures = iter(self.chunker.measure_all([t for t in texts if t.strip()]))
+        for doc, text in zip(docs, texts):
+            measured = next(measures) if text.strip() else ([], [])
             for style in self.styles_for(doc.get(self.config.bucket_column)):
                 template = self.templates[style]
                 chunks = self.chunker.chunks(text, template.max_input_tokens, measured)
                 params = self.sampling(template)
                 for index, chunk in enumerate(chunks):
                     planned.append({
-                        "doc": doc, "style": style, "template": template, "chunk_index": index,
+                        "doc": doc, "style": style, "template": template, "chunk": chunk,
+                        "chunk_index": index,
                         "chunk_count": len(chunks), "params": params,
                         "body": {"model": model, "messages": template.messages(chunk), **params}})
         return planned
@@ -190,8 +251,11 @@ class RephraseFn(ServedModelFn, beam.DoFn):
             text, finish_reason = completion_text(result.response)
             prompt_tokens, completion_tokens = usage_tokens(result.response)
             count("rephrase.completion_tokens", completion_tokens)
+            template = p["template"]
             try:
-                kept = accept(text, finish_reason, p["template"].prefix)
+                kept = accept(text, finish_reason, template.prefix, template.prefix_required)
+                if template.postprocess == "diverse_qa":
+                    kept = diverse_qa(p["chunk"], kept, template.max_pairs, self.qa_seed_key(p))
             except Drop as drop:
                 rejects.drop(drop.reason, doc.get(ID), doc.get(SOURCE),
                              where | {"output": text, "finish_reason": finish_reason}, drop.detail)
@@ -204,6 +268,11 @@ class RephraseFn(ServedModelFn, beam.DoFn):
         if len(rejects):
             outputs.append(beam.pvalue.TaggedOutput(REJECTS, rejects.take_batch()))
         return outputs
+
+    def qa_seed_key(self, p: dict) -> str:
+        """What seeds a chunk's diverse-QA draw: the sampling seed, document id, style, chunk."""
+        seed = self.config.sampling.seed
+        return f"{0 if seed is None else seed}\0{p['doc'].get(ID)}\0{p['style']}\0{p['chunk_index']}"
 
     def synthetic_doc(self, p: dict, request_key: str, text: str, prompt_tokens: int,
                       completion_tokens: int) -> dict:
@@ -244,7 +313,8 @@ class Rephrase(Stage):
 
     def __init__(self, config: RephraseConfig, context=None):
         super().__init__(config, context)
-        require("llm", "transformers", "tokenizers", by="stage 'rephrase'")
+        if not config.vllm.server_tokenizer:  # else it chunks with the server's tokenizer
+            require("llm", "transformers", "tokenizers", by="stage 'rephrase'")
 
     def contract(self) -> Contract:
         return Contract(optional=(self.config.bucket_column,))

@@ -11,6 +11,7 @@ a live server) are dead-lettered, and the `sluice` commands exit non-zero after 
 they exceed `max_failed_fraction` of a stage's requests (`failed_fraction_errors`)."""
 from __future__ import annotations
 
+import os
 from dataclasses import field
 from typing import Optional
 
@@ -21,7 +22,7 @@ from classifiers.vllm_client import UNAVAILABLE, ServerUnavailable, VLLMClient, 
 from classifiers.vllm_server import acquire_server, release_server
 from transforms.core.config import config_dataclass, is_local
 from transforms.core.files import write_bytes_atomic
-from transforms.llm.prompts import Chunker, load_tokenizer
+from transforms.llm.prompts import Chunker, ServerTokenizer, load_tokenizer
 
 
 class RequestCache:
@@ -86,6 +87,13 @@ class ServingConfig:
     def tokenizer_name(self) -> str:
         return self.tokenizer or self.serve or self.model
 
+    @property
+    def server_tokenizer(self) -> bool:
+        """Chunk with the server's own tokenizer (`POST /tokenize`): no `tokenizer` is set and
+        the model is no local path (a served name or hub id: loading it here would need the
+        hub, and a served name that is not a hub id cannot be loaded at all)."""
+        return self.tokenizer is None and not os.path.exists(self.serve or self.model)
+
 
 class Connection:
     """A worker's client (and shared local server, with `serve`) for a `ServingConfig`; open it
@@ -94,6 +102,8 @@ class Connection:
     def __init__(self, config: ServingConfig):
         self.config = config
         self.client = None
+        self.endpoint: Optional[str] = None  # the server's base URL (.../v1) once open
+        self._tokenizer_client = None
         self._server = None
 
     def open(self):
@@ -108,16 +118,32 @@ class Connection:
             endpoint = self._server.base_url
         elif config.health_check_s > 0:
             check_server(endpoint, config.model_name, config.health_check_s)
-        self.client = VLLMClient(endpoint, config.concurrency, config.timeout_s,
-                                 config.max_attempts, config.backoff_s, config.max_backoff_s,
-                                 RequestCache(config.cache) if config.cache else None,
-                                 config.circuit_failures, config.circuit_after_s)
+        self.endpoint = endpoint
+        self.client = self._client(endpoint, RequestCache(config.cache) if config.cache else None)
         return self.client
 
+    def _client(self, base_url: str, cache=None) -> VLLMClient:
+        config = self.config
+        return VLLMClient(base_url, config.concurrency, config.timeout_s, config.max_attempts,
+                          config.backoff_s, config.max_backoff_s, cache,
+                          config.circuit_failures, config.circuit_after_s)
+
+    def tokenizer(self):
+        """The tokenizer for chunking: the server's own (`ServingConfig.server_tokenizer`),
+        through a client of the server root without cache, else one loaded here."""
+        if not self.config.server_tokenizer:
+            return load_tokenizer(self.config.tokenizer_name)
+        if self._tokenizer_client is None:
+            root = self.endpoint.rstrip("/")
+            root = root[: -len("/v1")] if root.endswith("/v1") else root
+            self._tokenizer_client = self._client(root)
+        return ServerTokenizer(self._tokenizer_client, self.config.model_name)
+
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        for client in (self.client, self._tokenizer_client):
+            if client is not None:
+                client.close()
+        self.client = self._tokenizer_client = None
         if self._server is not None:
             release_server(self._server)
             self._server = None
@@ -132,7 +158,7 @@ class ServedModelFn:
     def setup(self):
         self.connection = Connection(self.config.vllm)
         self.client = self.connection.open()
-        self.chunker = Chunker(load_tokenizer(self.config.vllm.tokenizer_name))
+        self.chunker = Chunker(self.connection.tokenizer())
 
     def teardown(self):
         self.connection.close()
