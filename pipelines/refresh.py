@@ -22,18 +22,23 @@ import hashlib
 import json
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.corpus import (INDEX, VERSIONS, Corpus, CorpusLocked, Version,
                               check_exclusive_create, diff, new_attempt_id)
 from pipelines.job import config_hash, load_config, run_job
+from transforms.cleaning.line_dedup import INDEX_UPDATE as LINE_INDEX_UPDATE
+from transforms.cleaning.line_dedup import LineDedupConfig
+from transforms.cleaning.line_dedup import commit_index as commit_line_index
 from transforms.core.config import ConfigError, parse
 from transforms.core.extras import require
 from transforms.dedup.index import commit as commit_index
 from transforms.dedup.stage import DedupConfig
 
 INDEX_UPDATE = "index_update"
+LINE_INDEX = "line_index"  # the line_dedup index of committed versions
 
 
 def refresh_key(data: dict) -> str:
@@ -56,16 +61,27 @@ def _dedup_entry(stages: list) -> tuple[int, dict]:
                       "version from repeating the corpus")
 
 
-def _with_corpus_index(data: dict, corpus: Corpus) -> tuple[dict, DedupConfig]:
+def _with_corpus_index(data: dict, corpus: Corpus
+                       ) -> tuple[dict, DedupConfig, Optional[LineDedupConfig]]:
+    """The config with the corpus's indexes: documents (`dedup`) and, with a `line_dedup`
+    stage, lines, so lines already in the committed corpus count as seen."""
     data = copy.deepcopy(data)
     position, params = _dedup_entry(data["stages"])
     params = dict(params, index=corpus.path(INDEX), write_index=True)
     data["stages"][position] = {"dedup": params}
-    return data, parse(DedupConfig, params, where=f"stages.{position}.dedup")
+    dedup = parse(DedupConfig, params, where=f"stages.{position}.dedup")
+    lines = None
+    for position, entry in enumerate(data["stages"]):
+        if isinstance(entry, dict) and "line_dedup" in entry:
+            line_params = dict(entry["line_dedup"] or {}, index=corpus.path(LINE_INDEX),
+                               write_index=True)
+            data["stages"][position] = {"line_dedup": line_params}
+            lines = parse(LineDedupConfig, line_params, where=f"stages.{position}.line_dedup")
+    return data, dedup, lines
 
 
-def _finish(corpus: Corpus, version: Version, dedup: DedupConfig, mixture: MixtureReport,
-            log) -> None:
+def _finish(corpus: Corpus, version: Version, dedup: DedupConfig,
+            lines: Optional[LineDedupConfig], mixture: MixtureReport, log) -> None:
     """Steps 4-5 for a committed version; safe to repeat."""
     # the reports need the `mixture` extra (matplotlib), checked by `refresh` before it starts
     from pipelines.corpus_report import write_corpus_report
@@ -75,6 +91,10 @@ def _finish(corpus: Corpus, version: Version, dedup: DedupConfig, mixture: Mixtu
     if FileSystems.exists(update):
         commit_index(update, corpus.path(INDEX), dedup.sketch_params(),
                      update_id=f"version-{version.name}")
+    update = FileSystems.join(corpus.version_dir(version), LINE_INDEX_UPDATE)
+    if lines is not None and FileSystems.exists(update):
+        commit_line_index(update, corpus.path(LINE_INDEX), lines,
+                          update_id=f"version-{version.name}")
     log(f"sluice: report {write_corpus_report(corpus)}")
     if mixture.model:
         from pipelines.report import write_mixture_report
@@ -107,13 +127,13 @@ def refresh(root: str, config_path: str, inputs: list[str], sets: list[str] | No
     data = load_config(config_path, inputs=inputs, sets=sets)
     key, user_config_hash = refresh_key(data), config_hash({k: v for k, v in data.items()
                                                            if k != "output"})
-    data, dedup = _with_corpus_index(data, corpus)
+    data, dedup, lines = _with_corpus_index(data, corpus)
     with corpus.lock() as alone:
         if alone:  # local, lock held: what killed refreshes left is nobody's
             corpus.remove_orphans()
         head = corpus.head()
         if head:
-            _finish(corpus, head, dedup, mixture, log)  # roll forward a refresh that crashed after commit
+            _finish(corpus, head, dedup, lines, mixture, log)  # roll forward a refresh that crashed after commit
             if head.refresh_key == key:
                 log(f"sluice: these inputs and config are already version {head.version}")
                 return head
@@ -141,7 +161,7 @@ def refresh(root: str, config_path: str, inputs: list[str], sets: list[str] | No
                 corpus.remove_attempt(attempt)
             raise
         log(f"sluice: committed version {number} ({version.docs:,} documents)")
-        _finish(corpus, version, dedup, mixture, log)
+        _finish(corpus, version, dedup, lines, mixture, log)
     return version
 
 
