@@ -1,8 +1,9 @@
-"""`sluice mixture propose|fit|predict|apply|report`: RegMix data-mixture optimisation
+"""`sluice mixture propose|fit|suggest|predict|apply|report`: RegMix data-mixture optimisation
 (Liu et al. 2024, arXiv:2407.01492) and shards sampled to the chosen mixture.
 
     propose  token counts (manifests or TOKENS.json) -> proxy-run mixtures (CSV: index, domains)
     fit      mixtures + proxy losses -> models, fit.json, mixture.json (the optimum), report.html
+    suggest  runs so far (mixtures + losses) -> the next N mixtures to train (GP, batch EI)
     predict  a fitted model + mixtures -> index,predicted
     apply    mixture.json + DOMAIN=PATH inputs + a token budget -> Arrow shards (the `mixture`
              stage through `run_job`), with the plan, epochs and repeat-cap hits in manifest.json
@@ -17,11 +18,15 @@ import re
 from dataclasses import asdict, replace
 
 import numpy as np
+from scipy.stats import spearmanr
 
-from classifiers.regmix import (LIGHTGBM, LINEAR, REGRESSORS, FitConfig, ProposalConfig,
-                                correlations, cross_validate, objective_weights, optimum,
-                                own_domain, propose, token_prior)
-from pipelines.mixture_io import (FIT_FILE, INDEX, MIXTURE_FILE, MODEL_FILE, TRAIN_FILE, join,
+from classifiers.regmix import (LIGHTGBM, LINEAR, MODEL_KINDS, REGRESSORS, STACK,
+                                FitConfig, ProposalConfig, SuggestConfig, bootstrap_spearman,
+                                budget_caps, choose_by_scale, correlations, cross_validate,
+                                objective_weights, optimum, own_domain, propose,
+                                sample_candidates, scale_transfer, suggest, token_prior)
+from pipelines.mixture_io import (FIT_FILE, INDEX, MIXTURE_FILE, MODEL_FILE, PER_TARGET,
+                                  TRAIN_FILE, join,
                                   load_model, read_csv, read_domain_tokens, write_csv)
 from transforms.core.config import ConfigError
 from transforms.core.extras import require
@@ -68,6 +73,35 @@ def mixture_matrix(path: str, domains: list[str]) -> tuple[list[str], np.ndarray
     return index, X[:, [columns.index(d) for d in domains]]
 
 
+def parse_runs(spec: str, option: str) -> tuple[str, str, str]:
+    """`NAME=MIXTURES.csv,LOSSES.csv` -> (name, mixtures, losses)."""
+    name, _, paths = spec.partition("=")
+    mixtures_path, _, losses_path = paths.partition(",")
+    if not name or not mixtures_path or not losses_path:
+        raise ConfigError(f"{option} expects NAME=MIXTURES.csv,LOSSES.csv, got '{spec}'")
+    return name, mixtures_path, losses_path
+
+
+def held_out_runs(specs: list[str], domains: list[str], targets: list[str],
+                  option: str = "--scale") -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """{target: {name: (mixtures aligned to `domains`, observed losses)}} of runs at other
+    scales, which are only scored."""
+    held: dict[str, dict] = {t: {} for t in targets}
+    for spec in specs:
+        name, mixtures_path, losses_path = parse_runs(spec, option)
+        _, run_domains, HX, loss_columns, HL = join(mixtures_path, losses_path)
+        missing = [d for d in domains if d not in run_domains]
+        if missing:
+            raise ConfigError(f"{option} {name}: '{mixtures_path}' lacks domain column(s) "
+                              f"{', '.join(missing)}")
+        HX = HX[:, [run_domains.index(d) for d in domains]]
+        for t in targets:
+            if t not in loss_columns:
+                raise ConfigError(f"{option} {name}: '{losses_path}' has no column '{t}'")
+            held[t][name] = (HX, HL[:, loss_columns.index(t)])
+    return held
+
+
 # --- commands -----------------------------------------------------------------------------------
 
 def cmd_propose(args) -> int:
@@ -90,31 +124,68 @@ def cmd_propose(args) -> int:
 def fit(mixtures: str, losses: str, targets: list[str], kinds: list[str], output: str,
         config: FitConfig, domains_tokens: list[str] | None = None,
         proposal: ProposalConfig = ProposalConfig(), candidates: int = 100_000,
-        top_k: int = 100, log=print) -> dict:
-    """Fit the regressions, pick the kind with the best cross-validated Spearman on the
-    objective, search its optimum and write model.json, fit.json, mixture.json, train.csv."""
+        top_k: int = 100, log=print, scales: list[str] | None = None,
+        choose: str = "auto", budget: int | None = None, max_epochs: float = 4.0) -> dict:
+    """Fit the regressions, choose the model, search its optimum and write model.json, fit.json,
+    mixture.json, train.csv.
+
+    `choose`: `cv` the kind with the best cross-validated Spearman on the objective; `scale` per
+    target the kind whose fit on these runs ranks the `scales` runs (larger models) best;
+    `auto` the stack when fitted, else `cv`. Runs in `scales` are only scored, never fitted.
+    With a token `budget` (needs `domains_tokens`) the optimum is searched among mixtures that
+    repeat no domain beyond `max_epochs` under that budget."""
+    if budget and not domains_tokens:
+        raise ConfigError("--budget needs token counts per domain: pass --domains")
     index, domains, X, loss_columns, L = join(mixtures, losses)
     objective = resolve_targets(targets, loss_columns)
     if len(index) < 2 * config.folds:
         raise ConfigError(f"{len(index)} joined runs are too few for {config.folds}-fold CV")
+    if choose not in ("auto", "cv", "scale"):
+        raise ConfigError(f"unknown --choose '{choose}' (auto, cv, scale)")
+    if choose == "scale" and not scales:
+        raise ConfigError("--choose scale needs runs at another scale: --scale NAME=M.csv,L.csv")
+    held = held_out_runs(scales or [], domains, list(objective))
     os.makedirs(output, exist_ok=True)
     observed = {t: L[:, loss_columns.index(t)] for t in objective}
     observed_objective = sum(w * observed[t] for t, w in objective.items())
-    saved_kinds, cv, importances, oof = {}, {}, {}, {}
+    saved_kinds, cv, importances, oof, full = {}, {}, {}, {}, {}
     for kind in kinds:
         saved_kinds[kind], cv[kind], importances[kind] = {}, {}, {}
         for target in objective:
             monotone = own_domain(target, domains)
             oof[(kind, target)] = cross_validate(kind, X, observed[target], config, monotone)
             cv[kind][target] = correlations(oof[(kind, target)], observed[target])
-            model = REGRESSORS[kind].fit(X, observed[target], config, monotone)
+            model = full[(kind, target)] = REGRESSORS[kind].fit(X, observed[target], config,
+                                                                monotone)
             saved_kinds[kind][target] = model.save(output, f"{kind}-{slug(target)}")
             importances[kind][target] = dict(zip(domains, model.importances().tolist()))
             log(f"sluice mixture: {kind:8s} {target}: cross-validated Spearman "
                 f"{cv[kind][target]['spearman']:.4f}")
         oof_objective = sum(w * oof[(kind, t)] for t, w in objective.items())
         cv[kind]["objective"] = correlations(oof_objective, observed_objective)
-    chosen = max(kinds, key=lambda k: cv[k]["objective"]["spearman"])
+    transfer, trivial = {}, {}
+    for target in objective if scales else ():
+        own = own_domain(target, domains)
+        transfer[target] = scale_transfer(kinds, X, observed[target], held[target], config, own,
+                                          fitted={k: full[(k, target)] for k in kinds})
+        if own is not None:
+            trivial[target] = {}
+            for name, (HX, hy) in held[target].items():
+                low, high = bootstrap_spearman(-HX[:, own], hy, seed=config.seed)
+                trivial[target][name] = {"spearman": float(spearmanr(-HX[:, own], hy)[0]),
+                                         "low": low, "high": high, "n": int(len(hy))}
+        for kind, scores in transfer[target].items():
+            log(f"sluice mixture: {kind:8s} {target}: Spearman at "
+                + ", ".join(f"{n} {v['spearman']:.4f} [{v['low']:.3f}, {v['high']:.3f}]"
+                            for n, v in scores.items()))
+    if choose == "scale":
+        per_target = {t: choose_by_scale(transfer[t]) for t in objective}
+        chosen = (next(iter(per_target.values())) if len(set(per_target.values())) == 1
+                  else per_target)
+    elif choose == "auto" and STACK in kinds:
+        chosen = STACK
+    else:
+        chosen = max(kinds, key=lambda k: cv[k]["objective"]["spearman"])
     if domains_tokens:
         tokens = read_domain_tokens(domains_tokens)
         prior, prior_source = aligned_prior(tokens, domains), "token counts"
@@ -128,17 +199,28 @@ def fit(mixtures: str, losses: str, targets: list[str], kinds: list[str], output
              "tokens": tokens}
     with open(os.path.join(output, MODEL_FILE), "w", encoding="utf-8") as f:
         json.dump(saved, f, indent=2)
-    model, _ = load_model(output, chosen)
+    model, _ = load_model(output)
+    caps = None
     try:
-        best = optimum(model, prior, proposal, candidates, top_k, config.seed)
+        if budget:
+            caps = budget_caps(np.array([tokens[d] for d in domains]), budget, max_epochs)
+        best = optimum(model, prior, proposal, candidates, top_k, config.seed, caps)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    mixture = {**best, "model": chosen, "targets": objective, "prior": saved["prior"],
+    if budget:
+        best["budget"] = {"tokens": budget, "max_epochs": max_epochs,
+                          "caps": dict(zip(domains, caps.tolist())),
+                          "epochs": {d: best["weights"][d] * budget / tokens[d]
+                                     if tokens[d] else 0.0 for d in domains}}
+    mixture = {**best, "model": chosen if isinstance(chosen, str) else PER_TARGET,
+               "target_models": chosen if isinstance(chosen, dict) else None,
+               "targets": objective, "prior": saved["prior"],
                "prior_source": prior_source}
     report = {"runs": len(index), "domains": domains, "targets": objective, "chosen": chosen,
               "cross_validation": cv, "importances": importances,
               "fit_config": asdict(config), "mixtures": mixtures, "losses": losses,
-              "optimum_predicted": best["predicted"]}
+              "optimum_predicted": best["predicted"], "choose": choose,
+              "scale_transfer": transfer, "scale_trivial": trivial, "scales": scales or []}
     for name, data in ((FIT_FILE, report), (MIXTURE_FILE, mixture)):
         with open(os.path.join(output, name), "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
@@ -147,24 +229,28 @@ def fit(mixtures: str, losses: str, targets: list[str], kinds: list[str], output
               [INDEX, *domains, *objective, *(f"cv/{k}/{t}" for k, t in oof_columns)],
               ([i, *X[r], *(observed[t][r] for t in objective),
                 *(oof[c][r] for c in oof_columns)] for r, i in enumerate(index)))
-    log(f"sluice mixture: chose {chosen} (objective Spearman "
-        f"{cv[chosen]['objective']['spearman']:.4f}); optimum predicted {best['predicted']:.4f}"
+    why = {"cv": "cross-validated Spearman", "scale": "Spearman on the held-out scale",
+           "auto": "default" if chosen == STACK else "cross-validated Spearman"}[choose]
+    log(f"sluice mixture: chose {chosen} ({why}); optimum predicted {best['predicted']:.4f}"
         f" -> {os.path.join(output, MIXTURE_FILE)}")
     return report
 
 
 def cmd_fit(args) -> int:
-    kinds = [LIGHTGBM, LINEAR] if args.model == "both" else [args.model]
+    kinds = {"both": [LIGHTGBM, LINEAR], "all": list(MODEL_KINDS)}.get(args.model, [args.model])
     # cross-validation folds and the linear fit, the boosters, the report's figures
-    require("mixture", "sklearn", *([LIGHTGBM] if LIGHTGBM in kinds else []), "matplotlib",
+    require("mixture", "sklearn",
+            *([LIGHTGBM] if {LIGHTGBM, STACK} & set(kinds) else []), "matplotlib",
             by="command 'mixture fit'")
     config = FitConfig(learning_rate=args.learning_rate, rounds=args.rounds,
                        validation_fraction=args.validation_fraction, ensemble=args.ensemble,
-                       monotone=args.monotone, folds=args.folds, seed=args.seed)
+                       monotone=args.monotone, folds=args.folds, seed=args.seed,
+                       law_starts=args.law_starts, stack_own=args.stack_own)
     if not 0 < config.validation_fraction < 1:
         raise ConfigError("--validation-fraction must be between 0 and 1")
     fit(args.mixtures, args.losses, args.target, kinds, args.output, config, args.domains,
-        candidates=args.candidates, top_k=args.top_k)
+        candidates=args.candidates, top_k=args.top_k, scales=args.scale, choose=args.choose,
+        budget=args.budget, max_epochs=args.max_epochs)
     from pipelines.report import write_mixture_report
 
     print(f"sluice mixture: report -> {write_mixture_report(args.output)}")
@@ -184,6 +270,69 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_suggest(args) -> int:
+    require("mixture", "sklearn", by="command 'mixture suggest'")
+    return suggest_runs(args.mixtures, args.losses, args.target, args.n, args.output,
+                        pool=args.pool, domains_tokens=args.domains,
+                        candidates=args.candidates, seed=args.seed, xi=args.xi,
+                        low_fidelity=args.low_fidelity)
+
+
+def suggest_runs(mixtures: str, losses: str, targets: list[str], n: int, output: str,
+                 pool: str | None = None, domains_tokens: list[str] | None = None,
+                 candidates: int = 20_000, seed: int = 42, xi: float = 0.01,
+                 proposal: ProposalConfig = ProposalConfig(), low_fidelity: str | None = None,
+                 log=print) -> int:
+    """Ask/tell: the runs so far (mixtures + losses joined on index) -> the next `n` mixtures by
+    batch expected improvement of a Gaussian process on the objective. Candidates: the rows of
+    `pool` not yet run, else draws from the proposal distribution (token prior from
+    `domains_tokens`, or the mean of the runs, untempered and uncapped). `low_fidelity`
+    (`MIXTURES.csv,LOSSES.csv`): runs of smaller proxies that inform the GP (multi-fidelity);
+    the suggestions are for the fidelity of `mixtures`."""
+    index, domains, X, loss_columns, L = join(mixtures, losses)
+    objective = resolve_targets(targets, loss_columns)
+    y = sum(w * L[:, loss_columns.index(t)] for t, w in objective.items())
+    low = None
+    if low_fidelity:
+        held = held_out_runs([f"low={low_fidelity}"], domains, list(objective),
+                             "--low-fidelity")
+        LX = held[next(iter(objective))]["low"][0]
+        low = (LX, sum(w * held[t]["low"][1] for t, w in objective.items()))
+    if n < 1:
+        raise ConfigError("--n must be at least 1")
+    if pool:
+        pool_index, C = mixture_matrix(pool, domains)
+        seen = {tuple(np.round(row, 9)) for row in X}
+        keep = [k for k, row in enumerate(C) if tuple(np.round(row, 9)) not in seen]
+        pool_index, C = [pool_index[k] for k in keep], C[keep]
+        source = f"{len(C)} not-yet-run rows of '{pool}'"
+    else:
+        if domains_tokens:
+            prior = aligned_prior(read_domain_tokens(domains_tokens), domains)
+        else:
+            prior = X.mean(axis=0) / X.mean(axis=0).sum()
+            proposal = replace(proposal, temperature=1.0, max_usage=math.inf)
+        C = sample_candidates(prior, candidates, proposal, np.random.default_rng(seed))
+        C = np.unique(C, axis=0)
+        pool_index, source = None, f"{len(C)} proposal draws"
+    if len(C) == 0:
+        raise ConfigError("no candidate mixtures left to suggest")
+    picks = suggest(X, y, C, n, SuggestConfig(xi=xi, seed=seed), low)
+    numeric = [int(i) for i in index if re.fullmatch(r"-?\d+", i)]
+    first = max(numeric, default=0) + 1
+    digits = max(1, -int(math.floor(math.log10(proposal.minimum))))
+    rows = []
+    for k, pick in enumerate(picks):
+        label = pool_index[pick] if pool_index is not None else first + k
+        rows.append([label, *(f"{w:.{digits}f}" if pool_index is None else repr(float(w))
+                              for w in C[pick])])
+    write_csv(output, [INDEX, *domains], rows)
+    log(f"sluice mixture: {len(picks)} mixtures suggested from {source} after {len(y)} runs"
+        + (f" and {len(low[1])} low-fidelity runs" if low else "") + " "
+        f"(best objective so far {y.min():.4f}) -> {output}")
+    return 0
+
+
 def parse_inputs(specs: list[str]) -> list[dict]:
     inputs = []
     for spec in specs:
@@ -198,14 +347,52 @@ def apply(mixture: str, inputs: list[str], tokens: int, output: str, beam_args: 
           max_epochs: float = 4.0, on_cap: str = "redistribute", seed: int = 0,
           log=print) -> dict:
     """Run the `mixture` stage over the inputs; add the plan and the epochs actually written
-    per domain to manifest.json under `mixture`."""
+    per domain to manifest.json under `mixture`. A mixture with a `schedule` is applied phase by
+    phase, each to `OUTPUT/phase-<k>/` with its share of the budget and of the repeat cap;
+    `OUTPUT/schedule.json` sums them up."""
+    from transforms.mixture.sampling import load_schedule, schedule_epoch_caps
+
+    phases = load_schedule(mixture) if isinstance(mixture, str) else None
+    if not phases:
+        return _apply_phase(mixture, inputs, tokens, output, beam_args, max_epochs, on_cap,
+                            seed, None, log)
+    caps = schedule_epoch_caps(phases, max_epochs)
+    plans, budgets = [], _split_budget(tokens, [p["fraction"] for p in phases])
+    for k, (phase, budget) in enumerate(zip(phases, budgets)):
+        log(f"sluice mixture: phase {k}: {phase['fraction']:.0%} of the budget "
+            f"({budget:,} tokens)")
+        plan = _apply_phase(phase["weights"], inputs, budget, os.path.join(output, f"phase-{k}"),
+                            beam_args, max_epochs, on_cap, seed + k, caps[k], log)
+        plans.append({"phase": k, "fraction": phase["fraction"], "output": f"phase-{k}", **plan})
+    epochs: dict[str, float] = {}
+    for plan in plans:
+        for domain, entry in plan["domains"].items():
+            epochs[domain] = epochs.get(domain, 0.0) + entry["written_epochs"]
+    summary = {"tokens": tokens, "max_epochs": max_epochs, "mixture_file": mixture,
+               "written_tokens": sum(p["written_tokens"] for p in plans),
+               "written_epochs": epochs, "phases": plans}
+    write_json_atomic(os.path.join(output, "schedule.json"), summary)
+    log(f"sluice mixture: {len(plans)} phases, {summary['written_tokens']:,} tokens -> {output}")
+    return summary
+
+
+def _split_budget(tokens: int, fractions: list[float]) -> list[int]:
+    """Integer budgets per phase that sum to `tokens`."""
+    edges = np.rint(np.cumsum([0.0, *fractions]) / sum(fractions) * tokens).astype(int)
+    return np.diff(edges).tolist()
+
+
+def _apply_phase(mixture, inputs: list[str], tokens: int, output: str, beam_args: list[str],
+                 max_epochs: float, on_cap: str, seed: int, epoch_caps, log) -> dict:
     from pipelines.job import run_job
     from transforms.mixture.sampling import PLAN_FILE, load_weights
 
     weights = load_weights(mixture)
-    data = {"input": parse_inputs(inputs), "output": output,
-            "stages": [{"mixture": {"mixture": weights, "tokens": tokens,
-                                    "max_epochs": max_epochs, "on_cap": on_cap, "seed": seed}}]}
+    stage = {"mixture": weights, "tokens": tokens, "max_epochs": max_epochs, "on_cap": on_cap,
+             "seed": seed}
+    if epoch_caps is not None:
+        stage["epoch_caps"] = epoch_caps
+    data = {"input": parse_inputs(inputs), "output": output, "stages": [{"mixture": stage}]}
     run_job(data, beam_args, log=log)
     with open(os.path.join(output, PLAN_FILE), encoding="utf-8") as f:
         plan = json.load(f)
@@ -223,7 +410,8 @@ def apply(mixture: str, inputs: list[str], tokens: int, output: str, beam_args: 
     manifest["mixture"] = plan
     write_json_atomic(manifest_path, manifest)
     for domain in plan["repeat_cap_hits"]:
-        log(f"sluice mixture: '{domain}' hit the repeat cap ({max_epochs:g} epochs); "
+        cap = (epoch_caps or {}).get(domain, max_epochs)
+        log(f"sluice mixture: '{domain}' hit the repeat cap ({cap:g} epochs); "
             f"its shortfall went to {'the other domains' if on_cap == 'redistribute' else 'nowhere'}")
     for domain in plan["missing_domains"]:
         log(f"sluice mixture: '{domain}' has weight but no documents in the inputs")
@@ -276,7 +464,19 @@ def register(subparsers) -> None:
     p.add_argument("--target", action="append", required=True, metavar="COLUMN[=WEIGHT]",
                    help="loss column (or a unique part of its name); repeat for a weighted "
                         "average of several")
-    p.add_argument("--model", choices=[LIGHTGBM, LINEAR, "both"], default="both")
+    p.add_argument("--model", choices=[*MODEL_KINDS, "both", "all"], default="all",
+                   help="regressors to fit: one kind, both (lightgbm, linear) or all (default)")
+    p.add_argument("--choose", choices=["auto", "cv", "scale"], default="auto",
+                   help="auto: the stack when fitted, else cv; cv: best cross-validated "
+                        "Spearman on the objective; scale: per target the kind that ranks the "
+                        "--scale runs best")
+    p.add_argument("--scale", action="append", default=[], metavar="NAME=MIXTURES.csv,LOSSES.csv",
+                   help="runs of larger proxy models, only scored: Spearman with bootstrap "
+                        "intervals per kind and target; --choose scale picks by them")
+    p.add_argument("--law-starts", type=int, default=fit_defaults.law_starts,
+                   help="least-squares starts of the mixing law")
+    p.add_argument("--stack-own", type=float, default=fit_defaults.stack_own,
+                   help="share of the own-weight prior in the stack (0: LightGBM alone)")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--domains", nargs="+", metavar="TOKENS.json|MANIFEST",
                    help="token counts: the prior and caps of the optimum search")
@@ -292,14 +492,37 @@ def register(subparsers) -> None:
     p.add_argument("--folds", type=int, default=fit_defaults.folds)
     p.add_argument("--candidates", type=int, default=100_000)
     p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--budget", type=int, metavar="TOKENS",
+                   help="token budget of the large run: the optimum repeats no domain beyond "
+                        "--max-epochs (needs --domains)")
+    p.add_argument("--max-epochs", type=float, default=4.0,
+                   help="repeat cap per domain under --budget (default 4)")
     p.add_argument("--seed", type=int, default=fit_defaults.seed)
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("suggest", help="the next proxy mixtures to train (Bayesian optimisation)")
+    p.add_argument("--mixtures", required=True, metavar="CSV", help="mixtures run so far")
+    p.add_argument("--losses", required=True, metavar="CSV", help="their losses")
+    p.add_argument("--target", action="append", required=True, metavar="COLUMN[=WEIGHT]")
+    p.add_argument("--n", type=int, default=8, help="mixtures to suggest (default 8)")
+    p.add_argument("--output", required=True, metavar="CSV")
+    p.add_argument("--pool", metavar="CSV", help="choose among these mixtures (not yet run)")
+    p.add_argument("--domains", nargs="+", metavar="TOKENS.json|MANIFEST",
+                   help="token counts: the prior and caps of the candidate draws")
+    p.add_argument("--candidates", type=int, default=20_000,
+                   help="proposal draws to choose among when there is no --pool")
+    p.add_argument("--low-fidelity", metavar="MIXTURES.csv,LOSSES.csv",
+                   help="runs of smaller proxy models to inform the GP (multi-fidelity)")
+    p.add_argument("--xi", type=float, default=SuggestConfig().xi,
+                   help="expected-improvement margin (standardised loss units)")
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_suggest)
 
     p = sub.add_parser("predict", help="predict the objective for mixtures")
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--mixtures", required=True, metavar="CSV")
     p.add_argument("--output", required=True, metavar="CSV")
-    p.add_argument("--kind", choices=[LIGHTGBM, LINEAR], help="default: the one fit chose")
+    p.add_argument("--kind", choices=list(MODEL_KINDS), help="default: the one fit chose")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("apply", help="write Arrow shards sampled to a mixture and token budget")

@@ -11,13 +11,14 @@ import os
 import numpy as np
 import pyarrow.csv as pacsv
 
-from classifiers.regmix import LIGHTGBM, REGRESSORS, MixtureModel, domain_tokens
+from classifiers.regmix import LIGHTGBM, REGRESSORS, STACK, MixtureModel, domain_tokens
 from transforms.core.config import ConfigError
 from transforms.core.extras import require
 
 MODEL_FILE, FIT_FILE, MIXTURE_FILE, TRAIN_FILE = "model.json", "fit.json", "mixture.json", "train.csv"
 REPORT_FILE = "report.html"
 INDEX = "index"
+PER_TARGET = "per-target"  # the model label when `fit --choose scale` picked a kind per target
 
 
 def read_csv(path: str) -> tuple[list[str], list[str], np.ndarray]:
@@ -76,11 +77,18 @@ def load_model(directory: str, kind: str | None = None) -> tuple[MixtureModel, d
             saved = json.load(f)
     except OSError as exc:
         raise ConfigError(f"no fitted model in '{directory}': {exc}") from None
-    kind = kind or saved["chosen"]
-    if kind not in saved["kinds"]:
-        raise ConfigError(f"'{directory}' has no {kind} model (has {', '.join(saved['kinds'])})")
-    if kind == LIGHTGBM:
-        require("mixture", "lightgbm", by=f"the {kind} model in '{directory}'")
-    regressors = {t: REGRESSORS[kind].load(directory, entry)
-                  for t, entry in saved["kinds"][kind].items()}
-    return MixtureModel(saved["domains"], saved["targets"], regressors, kind), saved
+    chosen = saved["chosen"]
+    if kind is None and isinstance(chosen, dict):  # chosen per target (`fit --choose scale`)
+        kinds = {t: chosen[t] for t in saved["targets"]}
+    else:
+        kind = kind or chosen
+        if kind not in saved["kinds"]:
+            raise ConfigError(f"'{directory}' has no {kind} model "
+                              f"(has {', '.join(saved['kinds'])})")
+        kinds = {t: kind for t in saved["targets"]}
+    if any(k in (LIGHTGBM, STACK) for k in kinds.values()):
+        require("mixture", "lightgbm", by=f"the LightGBM models in '{directory}'")
+    regressors = {t: REGRESSORS[k].load(directory, saved["kinds"][k][t]) for t, k in kinds.items()}
+    label = next(iter(kinds.values())) if len(set(kinds.values())) == 1 else PER_TARGET
+    return MixtureModel(saved["domains"], saved["targets"], regressors, label,
+                        target_kinds=kinds), saved

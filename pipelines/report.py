@@ -21,9 +21,9 @@ import yaml
 from matplotlib.figure import Figure  # the `mixture` extra: `sluice refresh` imports this lazily
 from scipy.stats import spearmanr
 
-from classifiers.regmix import own_domain
-from pipelines.mixture_io import (FIT_FILE, MIXTURE_FILE, REPORT_FILE, TRAIN_FILE, join, load_model,
-                                  read_csv, read_domain_tokens)
+from classifiers.regmix import bootstrap_spearman, own_domain
+from pipelines.mixture_io import (FIT_FILE, MIXTURE_FILE, PER_TARGET, REPORT_FILE, TRAIN_FILE,
+                                  join, load_model, read_csv, read_domain_tokens)
 from transforms.core.config import ConfigError
 from transforms.core.files import write_bytes_atomic
 from transforms.mixture.sampling import plan_sampling
@@ -246,9 +246,15 @@ def write_mixture_report(model_dir: str, evals: Optional[list[str]] = None,
     label = " + ".join(f"{w:.2g}·{short(t)}" for t, w in targets.items()) \
         if len(targets) > 1 else short(next(iter(targets)))
 
+    model_label = model.kind if model.kind != PER_TARGET else ", ".join(
+        f"{short(t)}: {k}" for t, k in model.target_kinds.items())
+    chosen_by = {"scale": "by Spearman on the held-out scale",
+                 "cv": "by cross-validated Spearman"}.get(
+        fit.get("choose", "cv"), "as the default" if model.kind == "stack"
+        else "by cross-validated Spearman")
     report = HtmlReport("RegMix mixture report",
-                        f"Objective: {label} · {fit['runs']} proxy runs · model: {model.kind} "
-                        f"(chosen by cross-validated Spearman) · {len(doms)} domains")
+                        f"Objective: {label} · {fit['runs']} proxy runs · model: {model_label} "
+                        f"(chosen {chosen_by}) · {len(doms)} domains")
 
     report.heading("Fit quality")
     report.paragraph(f"{saved['fit_config']['folds']}-fold cross-validation on the proxy runs; "
@@ -260,7 +266,26 @@ def write_mixture_report(model_dir: str, evals: Optional[list[str]] = None,
             for t in [*targets, "objective"] if len(targets) > 1 or t != "objective"]
     report.table(["target", *(f"{k} Spearman" for k in kinds), *(f"{k} Pearson" for k in kinds)],
                  rows)
-    panels = [(f"CV · {short(t)}", column[f"cv/{model.kind}/{t}"], column[t]) for t in targets]
+    panels = [(f"CV · {short(t)}", column[f"cv/{model.kind_of(t)}/{t}"], column[t])
+              for t in targets]
+    transfer = fit.get("scale_transfer") or {}
+    if transfer:
+        report.heading("Transfer across scale")
+        report.paragraph("Each kind fit on these runs only, scored on runs of larger models "
+                         f"({', '.join(s.partition('=')[0] for s in fit.get('scales', []))}), "
+                         "which are never fitted: Spearman rho [95% bootstrap interval over "
+                         "the runs], beside the ranking by minus the target's own weight.")
+        rows = []
+        for t, kinds_scores in transfer.items():
+            entries = dict(kinds_scores)
+            if t in fit.get("scale_trivial", {}):
+                entries["-own weight"] = fit["scale_trivial"][t]
+            for k, scores in entries.items():
+                rows.append([short(t), k + (" (chosen)" if k == model.kind_of(t) else ""),
+                             *(f"{v['spearman']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+                               for v in scores.values())])
+        scale_names = list(next(iter(next(iter(transfer.values())).values())))
+        report.table(["target", "model", *scale_names], rows)
     eval_rows = []
     for spec in evals or []:
         name, _, paths = spec.partition("=")
@@ -274,13 +299,15 @@ def write_mixture_report(model_dir: str, evals: Optional[list[str]] = None,
             observed = EL[:, loss_columns.index(t)]
             own = own_domain(t, doms)
             trivial = spearmanr(-EX[:, own], observed)[0] if own is not None else float("nan")
+            low, high = bootstrap_spearman(predicted[t], observed)
             eval_rows.append([name, short(t), len(observed), spearmanr(predicted[t], observed)[0],
-                              trivial])
+                              f"[{low:.3f}, {high:.3f}]", trivial])
             panels.append((f"{name} · {short(t)}", predicted[t], observed))
     if eval_rows:
         report.paragraph("Unseen runs: Spearman rho of the model beside the trivial ranking by "
                          "minus the target domain's own weight.")
-        report.table(["runs", "target", "n", f"{model.kind} Spearman", "trivial Spearman"],
+        report.table(["runs", "target", "n", f"{model.kind} Spearman", "95% bootstrap",
+                      "trivial Spearman"],
                      eval_rows)
     report.figure(_scatter_grid(panels), "Predicted vs observed loss (dashed: y = x).")
 

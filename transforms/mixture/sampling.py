@@ -58,14 +58,54 @@ def load_weights(mixture: Union[str, dict[str, float]]) -> dict[str, float]:
     return {str(domain): w / total for domain, w in mixture.items()}
 
 
-def plan_sampling(weights: dict[str, float], available: dict[str, int], budget: int,
-                  max_epochs: float, on_cap: str = "redistribute") -> dict:
-    """Tokens and epochs per domain for a budget, with repeats capped at `max_epochs`.
+def load_schedule(mixture: Union[str, dict]) -> Optional[list[dict]]:
+    """The phases of a mixture.json `schedule` (`[{fraction, weights}, ...]`, fractions of the
+    token budget summing to 1, weights normalised), or None when it has none."""
+    if isinstance(mixture, str):
+        try:
+            with FileSystems.open(mixture) as f:
+                mixture = json.loads(f.read())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read mixture '{mixture}': {exc}") from None
+    schedule = mixture.get("schedule") if isinstance(mixture, dict) else None
+    if schedule is None:
+        return None
+    if not isinstance(schedule, list) or not schedule:
+        raise ConfigError("a mixture schedule must be a non-empty list of {fraction, weights}")
+    phases = []
+    for k, phase in enumerate(schedule):
+        fraction = phase.get("fraction") if isinstance(phase, dict) else None
+        if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or fraction <= 0:
+            raise ConfigError(f"schedule phase {k}: 'fraction' must be a positive number")
+        phases.append({"fraction": float(fraction), "weights": load_weights(phase.get("weights"))})
+    total = sum(p["fraction"] for p in phases)
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"the schedule's fractions sum to {total:g}, not 1")
+    return phases
 
-    `redistribute` water-fills: capped domains take `max_epochs` x their tokens and the rest of
+
+def schedule_epoch_caps(phases: list[dict], max_epochs: float) -> list[dict[str, float]]:
+    """Per-phase repeat caps that keep each domain's epochs over all phases <= `max_epochs`:
+    a domain's cap is split over the phases in proportion to its target tokens in each
+    (weight x fraction)."""
+    domains = sorted({d for p in phases for d in p["weights"]})
+    target = [{d: p["weights"].get(d, 0.0) * p["fraction"] for d in domains} for p in phases]
+    totals = {d: sum(t[d] for t in target) for d in domains}
+    return [{d: max_epochs * t[d] / totals[d] if totals[d] > 0 else 0.0 for d in domains}
+            for t in target]
+
+
+def plan_sampling(weights: dict[str, float], available: dict[str, int], budget: int,
+                  max_epochs: float, on_cap: str = "redistribute",
+                  epoch_caps: Optional[dict[str, float]] = None) -> dict:
+    """Tokens and epochs per domain for a budget, with repeats capped at `max_epochs` (or
+    `epoch_caps[domain]` where given, e.g. a schedule phase's share of the cap).
+
+    `redistribute` water-fills: capped domains take their cap x their tokens and the rest of
     the budget is shared by the others in proportion to their weights, again and again until no
     new domain hits the cap. `shortfall` just caps.
     """
+    cap = {d: (epoch_caps or {}).get(d, max_epochs) for d in weights}
     domains = sorted(weights)
     target = {d: weights[d] * budget for d in domains}
     planned = {d: 0.0 for d in domains}
@@ -76,12 +116,12 @@ def plan_sampling(weights: dict[str, float], available: dict[str, int], budget: 
         total_weight = sum(weights[d] for d in active)
         share = {d: (remaining * weights[d] / total_weight if on_cap == "redistribute"
                      else target[d]) for d in active}
-        over = [d for d in active if share[d] > max_epochs * available[d]]
+        over = [d for d in active if share[d] > cap[d] * available[d]]
         if not over:
             planned.update(share)
             break
         for d in over:
-            planned[d] = max_epochs * available[d]
+            planned[d] = cap[d] * available[d]
             remaining -= planned[d]
             capped.add(d)
         active = [d for d in active if d not in over]
@@ -98,6 +138,7 @@ def plan_sampling(weights: dict[str, float], available: dict[str, int], budget: 
     total_planned = sum(planned.values())
     return {
         "tokens": budget, "max_epochs": max_epochs, "on_cap": on_cap,
+        **({"epoch_caps": {d: cap[d] for d in domains}} if epoch_caps else {}),
         "planned_tokens": total_planned, "shortfall_tokens": max(0.0, budget - total_planned),
         "repeat_cap_hits": sorted(capped),
         "missing_domains": [d for d in domains if domains_plan[d]["missing"]],
@@ -150,7 +191,7 @@ def _write_plan(plan: dict, output_dir: Optional[str]) -> None:
 def make_plan(sources: dict, config: "MixtureConfig", output_dir: Optional[str]) -> dict:
     plan = plan_sampling(load_weights(config.mixture),
                          {s: c["tokens"] for s, c in sources.items()},
-                         config.tokens, config.max_epochs, config.on_cap)
+                         config.tokens, config.max_epochs, config.on_cap, config.epoch_caps)
     plan["seed"] = config.seed
     plan["available"] = sources
     for domain in plan["repeat_cap_hits"]:
@@ -190,13 +231,16 @@ class SampleToMixtureFn(beam.DoFn):
 @config_dataclass
 class MixtureConfig:
     """`mixture`: a mixture.json path or `{source: weight}`; `tokens`: the budget (whitespace
-    tokens, as in manifests); `max_epochs`: the repeat cap; `on_cap`: redistribute | shortfall."""
+    tokens, as in manifests); `max_epochs`: the repeat cap; `on_cap`: redistribute | shortfall;
+    `epoch_caps`: per-source repeat caps overriding `max_epochs` (`apply` sets them per phase of
+    a schedule so that the phases together stay within `max_epochs`)."""
 
     mixture: Union[str, dict[str, float]]
     tokens: int
     max_epochs: float = 4.0
     on_cap: Literal["redistribute", "shortfall"] = "redistribute"
     seed: int = 0
+    epoch_caps: Optional[dict[str, float]] = None
 
 
 class MixtureStage(Stage):
