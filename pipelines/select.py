@@ -9,6 +9,9 @@ setting, stats.json, dead-letter): see docs/selection.md.
   Marion et al. 2023).
 - `sensitivity`: stage `sensitivity`, `--size` weighted draws plus the cluster representatives;
   losses at the representatives from `--loss-field` or a proxy LM.
+- `balance` (MetaCLIP), `prototypes` (Sorscher et al. 2022), `semdedup` (Abbas et al. 2023),
+  `cluster_complexity` (Abbas et al. 2024): the stages of transforms/selection/pruning.py over one
+  embedding + k-means step (`--clusters`, `--embedder`, `--centres`, `--save-centres`).
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from pipelines.job import load_config, run_job, set_dotted
 from transforms.core.config import ConfigError, parse, to_dict
 from transforms.core.stage import stage_class
 
-METHODS = ("el2n", "sensitivity", "perplexity")
+PRUNING = ("balance", "prototypes", "semdedup", "cluster_complexity")
+METHODS = ("el2n", "sensitivity", "perplexity", *PRUNING)
 DEFAULT_KEEP = {"el2n": "top", "perplexity": "middle"}
 PROXY_OPTIONS = {"models": "models", "epochs": "epochs", "steps": "steps",
                  "train_docs": "train_docs", "device": "device", "threads": "threads",
@@ -29,16 +33,32 @@ def register(subparsers) -> None:
     p.add_argument("input", nargs="+", metavar="INPUT", help="input glob(s)")
     p.add_argument("--method", choices=METHODS, required=True)
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--keep", choices=("top", "bottom", "middle", "weighted", "all"),
+    p.add_argument("--keep", choices=("top", "bottom", "middle", "weighted", "all", "easy",
+                                      "hard", "farthest", "quality"),
                    help="el2n/perplexity: which documents to keep by score (default: el2n top, "
-                   "perplexity middle); weighted = --size draws with p ~ score; all = score only")
+                   "perplexity middle); weighted = --size draws with p ~ score; all = score only; "
+                   "prototypes/cluster_complexity: easy (nearest the prototype) or hard (default); "
+                   "semdedup: the survivor of a group, farthest from the centre (default) or "
+                   "highest --quality-field")
     p.add_argument("--fraction", type=float, default=0.5, help="top/bottom/middle: share kept")
     p.add_argument("--size", type=int, help="sensitivity and weighted: number of draws m")
     p.add_argument("--label-field", help="el2n: label column for a proxy classifier "
                    "(default: a proxy language model)")
     p.add_argument("--loss-field", help="sensitivity: per-document loss column read at the "
                    "representatives (default: a proxy LM scores them)")
-    p.add_argument("--clusters", type=int, help="sensitivity: k of k-means (default: --size)")
+    p.add_argument("--clusters", type=int, help="k of k-means (default: sensitivity --size, "
+                   "the pruning methods 100)")
+    p.add_argument("--max-per-cluster", type=int, help="balance: T, documents kept per concept")
+    p.add_argument("--column", help="balance: a metadata column as the concepts, not clusters")
+    p.add_argument("--global", dest="per_cluster", action="store_false", default=True,
+                   help="prototypes: keep --fraction of the corpus, not of every cluster")
+    p.add_argument("--eps", type=float, help="semdedup: duplicates have cosine >= 1 - eps")
+    p.add_argument("--quality-field", help="semdedup --keep quality: the column preferred")
+    p.add_argument("--temperature", type=float, help="cluster_complexity: softmax temperature")
+    p.add_argument("--neighbours", type=int, help="cluster_complexity: centres in d_inter")
+    p.add_argument("--centres", help="k-means centres (.npy/.json) of an earlier job to reuse")
+    p.add_argument("--save-centres", action="store_true",
+                   help="write the fitted centres to OUTPUT/kmeans_centres.npy")
     p.add_argument("--embedder", choices=("auto", "minilm", "hashed"),
                    help="sensitivity: document embeddings (default hashed; auto: minilm when "
                    "installed)")
@@ -69,6 +89,10 @@ def proxy_settings(args) -> dict:
 
 def selection_stages(args) -> list[dict]:
     """The job's stages for the chosen method and options."""
+    if args.method in PRUNING:
+        return pruning_stages(args)
+    if args.keep in ("easy", "hard", "farthest", "quality"):
+        raise ConfigError(f"--keep {args.keep} is for the pruning methods")
     proxy = proxy_settings(args)
     if args.method == "sensitivity":
         if args.size is None:
@@ -80,6 +104,10 @@ def selection_stages(args) -> list[dict]:
             stage["clusters"] = args.clusters
         if args.embedder is not None:
             stage["embedding"] = {"model": args.embedder}
+        if args.centres:
+            stage["centres"] = args.centres
+        if args.save_centres:
+            stage["save_centres"] = True
         if args.loss_field:
             stage["loss_field"] = args.loss_field
         else:
@@ -100,6 +128,49 @@ def selection_stages(args) -> list[dict]:
     else:
         select["fraction"] = args.fraction
     return stages + [{"select": select}]
+
+
+def pruning_stages(args) -> list[dict]:
+    """balance, prototypes, semdedup, cluster_complexity: one stage over `clusters:`."""
+    method = args.method
+    clusters: dict = {"seed": args.seed}
+    if args.clusters is not None:
+        clusters["k"] = args.clusters
+    if args.embedder is not None:
+        clusters["embedding"] = {"model": args.embedder}
+    if args.centres:
+        clusters["centres"] = args.centres
+    if args.save_centres:
+        clusters["save"] = True
+    stage: dict = {"seed": args.seed, "clusters": clusters}
+    keep_choices = {"prototypes": ("easy", "hard"), "cluster_complexity": ("easy", "hard"),
+                    "semdedup": ("farthest", "quality"), "balance": ()}[method]
+    if args.keep is not None:
+        if args.keep not in keep_choices:
+            allowed = " or ".join(keep_choices) or "no --keep"
+            raise ConfigError(f"--method {method} takes {allowed}")
+        stage["keep"] = args.keep
+    if method == "balance":
+        if args.max_per_cluster is None:
+            raise ConfigError("--method balance needs --max-per-cluster (T)")
+        stage["max_per_cluster"] = args.max_per_cluster
+        if args.column:
+            stage["column"] = args.column
+    if method in ("prototypes", "cluster_complexity"):
+        stage["fraction"] = args.fraction
+    if method == "prototypes":
+        stage["per_cluster"] = args.per_cluster
+    if method == "semdedup":
+        if args.eps is not None:
+            stage["eps"] = args.eps
+        if args.quality_field:
+            stage["quality_column"] = args.quality_field
+    if method == "cluster_complexity":
+        if args.temperature is not None:
+            stage["temperature"] = args.temperature
+        if args.neighbours is not None:
+            stage["neighbours"] = args.neighbours
+    return [{method: stage}]
 
 
 def resolved(stages: list[dict]) -> list[dict]:

@@ -29,7 +29,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from classifiers.embeddings import EmbeddingConfig, load_embedder
+from classifiers.embeddings import EmbeddingConfig
 from classifiers.proxy import EL2N, LM_LOSS, ProxyConfig, load_proxy
 from transforms.core.accounting import count
 from transforms.core.columns import (CLUSTER, CLUSTER_DISTANCE, SELECTION_COUNT,
@@ -38,33 +38,14 @@ from transforms.core.columns import (CLUSTER, CLUSTER_DISTANCE, SELECTION_COUNT,
 from transforms.core.config import config_dataclass
 from transforms.core.documents import ID, TEXT, with_column
 from transforms.core.extras import require
-from transforms.core.models import acquire, model_handle
-from transforms.core.progress import Progress
 from transforms.core.stage import Contract, Stage
+from transforms.selection.clusters import (ClusterConfig, EmbedAndCluster, assign,  # noqa: F401
+                                           fit_centres, output_dir_of)
 from transforms.selection.el2n import TrainProxy
-from transforms.selection.select import (BottomK, WeightedSample, draw_in_batch, draw_plan,
-                                         float_column, random_keys, stratum_masses)
+from transforms.selection.select import (WeightedSample, draw_in_batch, draw_plan, float_column,
+                                         stratum_masses)
 
 # --- the numerical core (plain numpy, shared with bench/selection.py) -----------------------
-
-def fit_centres(sample: np.ndarray, clusters: int, seed: int) -> np.ndarray:
-    """k-means centres of the sampled embeddings (fewer when there are fewer points)."""
-    from sklearn.cluster import MiniBatchKMeans  # the `selection` extra, checked by the stage
-
-    if not len(sample):
-        return np.zeros((0, 0), dtype=np.float32)
-    kmeans = MiniBatchKMeans(n_clusters=min(clusters, len(sample)), random_state=seed, n_init=3,
-                             batch_size=min(4096, len(sample)))
-    return kmeans.fit(sample).cluster_centers_.astype(np.float32)
-
-
-def assign(embeddings: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(nearest centre index, Euclidean distance to it) for each embedding."""
-    points, means = embeddings.astype(np.float64), centres.astype(np.float64)
-    nearest = ((means ** 2).sum(1)[None, :] - 2 * points @ means.T).argmin(1)
-    distance = np.linalg.norm(points - means[nearest], axis=1)
-    return nearest.astype(np.int32), distance.astype(np.float32)
-
 
 def holder_constant(representative_loss: np.ndarray, centres: np.ndarray, power: float) -> float:
     """Data-driven lambda: `sum |l(r_i) - l(r_j)| / sum ||c_i - c_j||^z` over all pairs of
@@ -119,32 +100,6 @@ def draw_in_memory(values: np.ndarray, strata: np.ndarray, size: int, seed: int)
 
 
 # --- Beam steps -----------------------------------------------------------------------------
-
-class EmbedFn(beam.DoFn):
-    """batch -> (batch, embeddings)."""
-
-    def __init__(self, config: EmbeddingConfig):
-        self.config = config
-        self._shared_embedder = model_handle(load_embedder, repr(config))
-
-    def setup(self):
-        self.embedder = acquire(self._shared_embedder, lambda: load_embedder(self.config),
-                                repr(self.config))
-        self.progress = Progress("sensitivity-embed")
-
-    def process(self, batch):
-        embeddings = self.embedder.embed(batch.column(TEXT).to_pylist())
-        count(f"sensitivity.embedded_{self.embedder.name}", batch.num_rows)
-        self.progress.add(batch.num_rows)
-        yield batch, embeddings
-
-
-def assign_batch(element, centres: np.ndarray) -> pa.RecordBatch:
-    batch, embeddings = element
-    cluster, distance = assign(embeddings, centres)
-    batch = with_column(batch, CLUSTER, pa.array(cluster))
-    return with_column(batch, CLUSTER_DISTANCE, pa.array(distance))
-
 
 class Representatives(beam.CombineFn):
     """cluster -> (distance, id, text, loss) of the member nearest its centre, over all batches.
@@ -233,6 +188,8 @@ class SensitivityConfig:
     holder_lambda: Union[float, Literal["auto"]] = "auto"  # lambda; auto: holder_constant
     power: float = 2.0                      # z: 2 for k-means
     kmeans_sample: int = 100_000            # embeddings sampled to fit the centres
+    centres: Optional[str] = None           # load saved centres (.npy/.json) instead of fitting
+    save_centres: bool = False              # write <output>/kmeans_centres.npy
     add_representatives: bool = True
     seed: int = 0
 
@@ -267,12 +224,12 @@ class Sensitivity(Stage):
 
     def expand(self, documents):
         c = self.config
-        embedded = documents | "Embed" >> beam.ParDo(EmbedFn(c.embedding))
-        centres = (embedded
-                   | "EmbeddingKeys" >> beam.Map(lambda e: (random_keys(e[0], c.seed), e[1]))
-                   | "EmbeddingSample" >> beam.CombineGlobally(BottomK(c.kmeans_sample))
-                   | "KMeans" >> beam.Map(lambda s: fit_centres(s[1], c.clusters, c.seed)))
-        assigned = embedded | "Assign" >> beam.Map(assign_batch, beam.pvalue.AsSingleton(centres))
+        clustering = ClusterConfig(k=c.clusters, embedding=c.embedding,
+                                   kmeans_sample=c.kmeans_sample, centres=c.centres,
+                                   save=c.save_centres, seed=c.seed)
+        pairs, centres = documents | "Clusters" >> EmbedAndCluster(
+            clustering, output_dir_of(self.context), counter="sensitivity")
+        assigned = pairs | "DropEmbeddings" >> beam.Map(lambda e: e[0])
         members = assigned | "Representatives" >> beam.CombineGlobally(
             Representatives(c.loss_field, c.proxy.max_tokens))
         model = (None if c.loss_field else
