@@ -50,7 +50,9 @@ def complete_run(out) -> str:
     manifest = read_json(out / "manifest.json")
     assert read_json(out / "stats.json") == manifest["stats"]
     outputs = manifest["outputs"]
-    assert sorted(os.listdir(out)) == sorted([*outputs, "manifest.json", "stats.json"])
+    profile = {"json": ["profile.json"], "html": ["profile.json", "profile.html"],
+               "none": []}[manifest["config"]["profile"]]
+    assert sorted(os.listdir(out)) == sorted([*outputs, "manifest.json", "stats.json", *profile])
     for name, section in outputs.items():
         assert sorted(os.listdir(out / name)) == sorted(s["name"] for s in section["shards"])
         rows = ds.dataset(out / name, format="arrow").count_rows() if section["shards"] else 0
