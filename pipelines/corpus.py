@@ -111,7 +111,8 @@ def check_exclusive_create(root: str) -> None:
             raise ConfigError(f"corpus '{root}': no conditional create on {scheme}:// "
                               "(a refresh commits by one; use a local folder, gs:// or s3://)")
     except ImportError as exc:
-        raise ConfigError(f"corpus '{root}': committing on {scheme}:// needs {exc.name} "
+        extra = ' (pip install "sluice[s3]")' if scheme == "s3" else ""
+        raise ConfigError(f"corpus '{root}': committing on {scheme}:// needs {exc.name}{extra} "
                           "(its conditional create is the commit)") from None
 
 
