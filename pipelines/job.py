@@ -415,13 +415,13 @@ def _with_token_counts(sources: dict, stats: dict) -> dict:
     return dict(sorted(sources.items()))
 
 
-def check_job(job: JobConfig) -> list[str]:
+def check_job(job: JobConfig, sample_input: bool = True) -> list[str]:
     """Everything that can be checked before a pipeline exists: each stage's config (and the
     files it needs), then the chain of columns from the input through the stages. Raises
     ConfigError; returns notes (optional columns that nothing provides)."""
     stages = [build_stage(entry, index, JobContext("", "", job.sink))
               for index, entry in enumerate(job.stages)]
-    return check_chain(stages, schema.input_fields(job.input))
+    return check_chain(stages, schema.input_fields(job.input) if sample_input else None)
 
 
 def check_workers_reach(job: JobConfig, options: PipelineOptions) -> None:

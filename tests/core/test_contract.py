@@ -94,3 +94,27 @@ def test_rephrase_routes_by_the_buckets_stage_output_at_defaults(tmp_path, quali
     docs = read_output(str(tmp_path / "out" / "documents")).to_pylist()
     routed = {tuple(fn.styles_for(d.get(fn.config.bucket_column))) for d in docs}
     assert routed == {("nemotron_wikipedia",), tuple(NEMOTRON_HIGH)}
+
+
+@pytest.mark.parametrize("config", sorted(
+    str(p.relative_to(REPO)) for p in [*REPO.glob("configs/*.yaml"),
+                                       *REPO.glob("configs/recipes/*.yaml")]
+    if p.name != "rephrase.yaml"))  # rephrase.yaml: `sluice rephrase`'s defaults, not a job
+def test_every_shipped_config_passes_sluice_check(config, capsys):
+    """Also those whose input comes at run time (`input: []`, an earlier job's output): their
+    chain is checked from the stages alone, the columns the input must carry listed as notes."""
+    from pipelines.cli import main
+
+    assert main(["check", str(REPO / config)]) == 0
+    assert f"{REPO / config}: ok (" in capsys.readouterr().out
+
+
+def test_a_run_time_input_turns_unprovided_columns_into_notes(tmp_path, capsys):
+    from pipelines.cli import main
+
+    config = tmp_path / "job.yaml"
+    config.write_text(json.dumps({"input": [], "output": str(tmp_path / "out"),
+                                  "stages": [{"filter": {"column": "label", "values": [1]}}]}))
+    assert main(["check", str(config)]) == 0
+    assert "stages.0.filter reads column 'label', which no earlier stage writes: the input must " \
+           "carry it" in capsys.readouterr().out

@@ -147,14 +147,20 @@ def check_chain(stages: Iterable[tuple[str, Stage]], input_fields: Optional[Iter
                 ) -> list[str]:
     """Check that every stage finds the columns it reads; returns notes on optional columns
     nothing provides. `input_fields` are the columns the input is known to carry besides the
-    core fields. Raises ConfigError naming each missing column and the nearest existing names."""
+    core fields; None when the input is not known yet (given at run time), so a column no stage
+    writes may still come from it: a note, not an error. Raises ConfigError naming each missing
+    column and the nearest existing names."""
     available = set(CORE_FIELDS) | set(input_fields or ())
     problems, notes = [], []
+    unknown_input = input_fields is None
     for label, stage in stages:
         label = _config_key(label)
         contract = stage.contract()
         for column in contract.reads:
-            if column not in available:
+            if column not in available and unknown_input:
+                notes.append(f"{label} reads column '{column}', which no earlier stage writes: "
+                             "the input must carry it")
+            elif column not in available:
                 near = difflib.get_close_matches(column, sorted(available), n=3, cutoff=0.6)
                 hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
                 problems.append(f"{label} reads column '{column}', which neither the input "
