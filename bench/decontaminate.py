@@ -33,12 +33,13 @@ import glob
 import gzip
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from datatrove_side import word_pattern  # bench/datatrove_side.py: no Sluice imports
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = 4
@@ -110,22 +111,6 @@ def run_datatrove(python: str, corpus: Path, out: Path, workers: int) -> tuple[f
 
 # --- datatrove side (runs in datatrove's venv: no Sluice imports) ---------------------------------
 
-def _word_pattern():
-    from datatrove.utils.word_tokenizers import WordTokenizer
-
-    class WordPattern(WordTokenizer):
-        def word_tokenize(self, text):
-            return re.findall(r"\w+", text)
-
-        def sent_tokenize(self, text):
-            return [text]
-
-        def span_tokenize(self, text):
-            return [m.span() for m in re.finditer(r"\w+", text)]
-
-    return WordPattern()
-
-
 def datatrove_index(evals: str, folder: str) -> None:
     """The HumanEval prompts' 13-gram hashes, by datatrove's own `compute_hashes`."""
     import numpy as np
@@ -134,7 +119,7 @@ def datatrove_index(evals: str, folder: str) -> None:
 
     config = NGramsDecontConfig(n_grams=NGRAM, find_query_ngrams=True)
     indexer = object.__new__(NGramsDecontIndexer)  # its __new__ insists on lighteval
-    indexer.config, indexer.tokenizer = config, _word_pattern()
+    indexer.config, indexer.tokenizer = config, word_pattern()
     indexer.hash_func = create_hash_func(config.hash_config)
     hashes = set()
     with gzip.open(evals, "rt", encoding="utf-8") as f:
@@ -154,7 +139,7 @@ def datatrove_pipeline(corpus: str, out: str, workers: int) -> None:
     config = NGramsDecontConfig(n_grams=NGRAM, find_query_ngrams=True)
     LocalPipelineExecutor(pipeline=[
         JsonlReader(corpus),
-        NGramsDecontFilter(f"{out}/index", config=config, language=_word_pattern(),
+        NGramsDecontFilter(f"{out}/index", config=config, language=word_pattern(),
                            exclusion_writer=JsonlWriter(f"{out}/removed")),
         JsonlWriter(f"{out}/kept"),
     ], tasks=FILES, workers=workers, logging_dir=f"{out}/logs").run()

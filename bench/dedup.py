@@ -20,7 +20,6 @@ import argparse
 import gzip
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from datatrove_side import minhash_dedup  # noqa: E402  (bench/datatrove_side.py)
 from measure import measured  # noqa: E402  (bench/measure.py)
 
 from transforms.dedup import eval as dedup_eval  # noqa: E402
@@ -84,59 +84,6 @@ def run_datatrove(corpus: Path, out: Path, workers: int) -> tuple[float, float, 
     return wall, peak, cluster_of
 
 
-def datatrove_pipeline(corpus: str, out: str, workers: int) -> None:
-    """datatrove's documented four-step MinHash dedup, default config, `\\w+` words."""
-    from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets,
-                                                  MinhashDedupCluster, MinhashDedupFilter,
-                                                  MinhashDedupSignature)
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
-    from datatrove.utils.word_tokenizers import WordTokenizer
-
-    class WordPattern(WordTokenizer):
-        def word_tokenize(self, text):
-            return re.findall(r"\w+", text)
-
-        def sent_tokenize(self, text):
-            return [text]
-
-        def span_tokenize(self, text):
-            return [m.span() for m in re.finditer(r"\w+", text)]
-
-    _encode_strings_for_xxhash4()
-    config = MinhashConfig()
-    out = Path(out)
-    logs = str(out / "logs")
-    steps = [
-        ([JsonlReader(corpus), MinhashDedupSignature(str(out / "signatures"), config=config,
-                                                     language=WordPattern())], FILES),
-        ([MinhashDedupBuckets(str(out / "signatures"), str(out / "buckets"), config=config)],
-         config.num_buckets),
-        ([MinhashDedupCluster(str(out / "buckets"), str(out / "remove"), config=config,
-                              save_cluster_id=True)], 1),
-        ([JsonlReader(corpus),
-          MinhashDedupFilter(str(out / "remove"), load_cluster_ids=True,
-                             exclusion_writer=JsonlWriter(str(out / "removed"))),
-          JsonlWriter(str(out / "kept"))], FILES),
-    ]
-    for i, (pipeline, tasks) in enumerate(steps):
-        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=workers,
-                              logging_dir=f"{logs}/{i}").run()
-
-
-def _encode_strings_for_xxhash4() -> None:
-    """datatrove pins xxhash<4, which hashed str; the project's xxhash 4 needs bytes."""
-    import xxhash
-    from datatrove.utils.hashes import xxhash as datatrove_xxhash
-
-    def encoded(hash_fn):
-        return lambda data: hash_fn(data.encode() if isinstance(data, str) else data)
-
-    datatrove_xxhash.xxhash32 = encoded(xxhash.xxh32_intdigest)
-    datatrove_xxhash.xxhash64 = encoded(xxhash.xxh64_intdigest)
-
-
 def quality(corpus: list[dict], cluster_of: dict, pairs) -> dict:
     labels = np.unique([str(cluster_of.get(d["id"], "doc:" + d["id"])) for d in corpus],
                        return_inverse=True)[1]
@@ -165,7 +112,7 @@ def signature_throughput(corpus: list[dict]) -> tuple[float, float]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_datatrove":
-        datatrove_pipeline(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        minhash_dedup(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4])

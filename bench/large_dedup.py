@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from datatrove_side import minhash_dedup  # bench/datatrove_side.py: no Sluice imports
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SLUICE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -206,58 +206,9 @@ def run_datatrove(python: str, corpus: Path, out: Path, workers: int) -> dict:
     return result
 
 
-def datatrove_pipeline(corpus: str, out: str, workers: int) -> None:
-    """bench/dedup.py's datatrove pipeline: the documented four steps, default MinhashConfig
-    (14 x 8), `\\w+` words; run in datatrove's own venv."""
-    from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets,
-                                                  MinhashDedupCluster, MinhashDedupFilter,
-                                                  MinhashDedupSignature)
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
-    from datatrove.utils.word_tokenizers import WordTokenizer
-
-    class WordPattern(WordTokenizer):
-        def word_tokenize(self, text):
-            return re.findall(r"\w+", text)
-
-        def sent_tokenize(self, text):
-            return [text]
-
-        def span_tokenize(self, text):
-            return [m.span() for m in re.finditer(r"\w+", text)]
-
-    import xxhash
-    if int(xxhash.VERSION.split(".")[0]) >= 4:  # datatrove pins xxhash<4, which hashed str
-        from datatrove.utils.hashes import xxhash as datatrove_xxhash
-        datatrove_xxhash.xxhash32 = lambda d: xxhash.xxh32_intdigest(
-            d.encode() if isinstance(d, str) else d)
-        datatrove_xxhash.xxhash64 = lambda d: xxhash.xxh64_intdigest(
-            d.encode() if isinstance(d, str) else d)
-    files = len(list(Path(corpus).glob("*.jsonl")))
-    config = MinhashConfig()
-    out = Path(out)
-    logs = str(out / "logs")
-    steps = [
-        ([JsonlReader(corpus), MinhashDedupSignature(str(out / "signatures"), config=config,
-                                                     language=WordPattern())], files),
-        ([MinhashDedupBuckets(str(out / "signatures"), str(out / "buckets"), config=config)],
-         config.num_buckets),
-        ([MinhashDedupCluster(str(out / "buckets"), str(out / "remove"), config=config,
-                              save_cluster_id=True)], 1),
-        ([JsonlReader(corpus),
-          MinhashDedupFilter(str(out / "remove"), load_cluster_ids=True,
-                             exclusion_writer=JsonlWriter(str(out / "removed"))),
-          JsonlWriter(str(out / "kept"))], files),
-    ]
-    for i, (pipeline, tasks) in enumerate(steps):
-        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=workers,
-                              logging_dir=f"{logs}/{i}").run()
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_datatrove":
-        datatrove_pipeline(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        minhash_dedup(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--block-mb", type=float, default=125.0)

@@ -128,19 +128,24 @@ SCORING_COMMANDS = {
 }
 
 
+def _add_labelled_data(p) -> None:
+    """Where a classifier's labelled documents come from (`labelled_records` reads them)."""
+    p.add_argument("--data", nargs="+", help="labelled documents (JSONL/Parquet/Arrow)")
+    p.add_argument("--label-field", default="label")
+    p.add_argument("--positive-value", nargs="+", default=["1", "true", "hq"],
+                   help="label values that mean high quality (default 1 true hq)")
+    p.add_argument("--positive", nargs="+", help="high-quality documents (instead of --data)")
+    p.add_argument("--negative", nargs="+", help="low-quality documents (instead of --data)")
+    p.add_argument("--text-field", default="text")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("quality", help="quality scoring: classifiers, heuristics, "
                               "language ID, perplexity, ensemble buckets, filters")
     commands = p.add_subparsers(dest="quality_command", required=True)
 
     train = commands.add_parser("train", help="train a fastText quality classifier (DCLM recipe)")
-    train.add_argument("--data", nargs="+", help="labelled documents (JSONL/Parquet/Arrow)")
-    train.add_argument("--label-field", default="label")
-    train.add_argument("--positive-value", nargs="+", default=["1", "true", "hq"],
-                       help="label values that mean high quality (default 1 true hq)")
-    train.add_argument("--positive", nargs="+", help="high-quality documents (instead of --data)")
-    train.add_argument("--negative", nargs="+", help="low-quality documents (instead of --data)")
-    train.add_argument("--text-field", default="text")
+    _add_labelled_data(train)
     train.add_argument("--output", required=True, help="model file to write (.bin)")
     train.add_argument("--epoch", type=int, default=5)
     train.add_argument("--word-ngrams", type=int, default=2)
@@ -154,13 +159,7 @@ def register(subparsers) -> None:
     embedding = commands.add_parser(
         "train-embedding", help="train an embedding quality classifier (MiniLM embeddings + "
         "logistic regression; JSON coefficients) for the embedding_quality stage")
-    embedding.add_argument("--data", nargs="+", help="labelled documents (JSONL/Parquet/Arrow)")
-    embedding.add_argument("--label-field", default="label")
-    embedding.add_argument("--positive-value", nargs="+", default=["1", "true", "hq"],
-                           help="label values that mean high quality (default 1 true hq)")
-    embedding.add_argument("--positive", nargs="+", help="high-quality documents")
-    embedding.add_argument("--negative", nargs="+", help="low-quality documents")
-    embedding.add_argument("--text-field", default="text")
+    _add_labelled_data(embedding)
     embedding.add_argument("--output", required=True, help="model file to write (.json)")
     embedding.add_argument("--embedding", choices=["minilm", "hashed"], default="minilm")
     embedding.add_argument("--folds", type=int, default=5, help="CV folds choosing C")
