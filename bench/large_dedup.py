@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -150,38 +149,14 @@ def corpus_folder(work: Path, blocks: int) -> Path:
 # --- measuring ----------------------------------------------------------------------------------
 
 def measured(command: list[str]) -> dict:
-    """Wall, CPU-seconds (rusage of the tree) and peak RSS (MiB) of a command."""
-    import psutil
+    """Wall, CPU-seconds and peak RSS (MiB) of a command's tree. rusage misses descendants
+    nobody waited for (datatrove's pool workers); the samples miss at most each process's last
+    0.2 s: take the larger."""
+    from measure import measured_tree  # bench/measure.py (psutil: the Sluice side only)
 
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, env=os.environ | {"SLUICE_QUIET": "1"})
-    root = psutil.Process(process.pid)
-    peak = 0
-    cpu_seen: dict[int, float] = {}
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        try:
-            rss = 0
-            for p in [root] + root.children(recursive=True):
-                try:
-                    times = p.cpu_times()
-                    cpu_seen[p.pid] = max(cpu_seen.get(p.pid, 0.0), times.user + times.system)
-                    rss += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"{command[:4]} failed:\n{process.stderr.read().decode()[-3000:]}")
-    # rusage misses descendants nobody waited for (datatrove's pool workers); the sampled
-    # per-process times miss at most the last 0.2 s of each process: take the larger
-    return {"wall": time.perf_counter() - start, "peak": peak / 2**20,
-            "cpu": max(usage.ru_utime + usage.ru_stime, sum(cpu_seen.values()))}
+    result = measured_tree(command, interval=0.2)
+    return {"wall": result["wall"], "peak": result["peak_mib"],
+            "cpu": max(result["cpu"], result["cpu_sampled"])}
 
 
 def run_sluice(corpus: Path, out: Path, workers: int) -> dict:

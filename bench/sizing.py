@@ -56,11 +56,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from measure import measured_tree  # noqa: E402  (bench/measure.py)
 from scale import write_corpus  # noqa: E402  (bench/scale.py)
 
 CONFIGS = {
@@ -80,32 +80,9 @@ SHUFFLE_PIECE = re.compile(r"[0-9a-f]{32}\.arrow")
 
 def run_measured(command: list[str], output: Path) -> dict:
     """Run a job; CPU-seconds, wall, peak RSS of its tree and the spill folder's bytes."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, env=os.environ | {"SLUICE_QUIET": "1"})
-    root = psutil.Process(process.pid)
-    cpu_seen: dict[int, float] = {}
     spill: dict[str, int] = {}
-    peak = 0
-    rusage = None
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            rusage, process.returncode = usage, os.waitstatus_to_exitcode(status)
-            break
-        try:
-            tree = [root] + root.children(recursive=True)
-            rss = 0
-            for p in tree:
-                try:
-                    times = p.cpu_times()
-                    cpu_seen[p.pid] = max(cpu_seen.get(p.pid, 0.0), times.user + times.system)
-                    rss += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
+
+    def scan_spill() -> None:
         for staging in output.parent.glob(f"{output.name}.staging-*"):
             for folder, _, files in os.walk(staging):
                 if os.path.basename(folder).startswith("spill-"):
@@ -116,14 +93,10 @@ def run_measured(command: list[str], output: Path) -> dict:
                                     os.path.join(folder, name))
                             except OSError:
                                 pass
-        time.sleep(0.2)
-    wall = time.perf_counter() - start
-    if process.returncode:
-        raise RuntimeError(f"{command[:5]} failed:\n{process.stderr.read().decode()[-3000:]}")
+
+    result = measured_tree(command, scan_spill, interval=0.2)
     batches = sum(v for k, v in spill.items() if SPILLED_BATCH.fullmatch(os.path.basename(k)))
-    return {"cpu": rusage.ru_utime + rusage.ru_stime, "cpu_sampled": sum(cpu_seen.values()),
-            "wall": wall, "peak_mib": peak / 2**20, "spilled_batches": batches,
-            "shuffled": sum(spill.values()) - batches}
+    return result | {"spilled_batches": batches, "shuffled": sum(spill.values()) - batches}
 
 
 def write_config(path: Path, stages: list) -> None:
