@@ -129,12 +129,34 @@ def main() -> None:
     base_mean = np.mean(at_1b[BASELINE])
     for label, scores in at_1b.items():
         print(f"  {label:24s} {np.mean(scores):.3f} ({np.mean(scores) - base_mean:+.3f})")
+    print()
+    bench_stack_share(X, L, loss_columns, domains, tests)
     if args.suggest_seeds:
         print()
         bench_suggest(X, L, loss_columns, args.suggest_seeds)
         print()
         bench_multi_fidelity(X[:256], L[:256], loss_columns, tests["60M"][0], tests["60M"][1],
                              tests["60M"][2], min(args.suggest_seeds, 5))
+
+
+def bench_stack_share(X, L, loss_columns, domains, tests, shares=(0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0)):
+    """How much the default rests on its one hyperparameter: the stack's own-weight share (0.5,
+    the equal-weight blend, set a priori) swept, each fit on the 1M runs only and scored at 1B.
+    0 is LightGBM alone, 1 the trivial own-weight ranking (mapped to loss units)."""
+    print("stack share sensitivity: 1B Spearman of the stack fit on 1M runs, by own-weight share "
+          "(default 0.5; 0 = lightgbm, 1 = minus own weight)")
+    print(f"{'target':16s} " + " ".join(f"{s:>6g}" for s in shares))
+    means = np.zeros(len(shares))
+    for name in TARGETS:
+        (target,) = resolve_targets([name], loss_columns)
+        y = L[:, loss_columns.index(target)]
+        own = own_domain(target, domains)
+        TX, cols, TL = tests["1B"]
+        row = [spearmanr(REGRESSORS[STACK].fit(X, y, FitConfig(stack_own=s), own).predict(TX),
+                         TL[:, cols.index(target)])[0] for s in shares]
+        means += np.array(row) / len(TARGETS)
+        print(f"{name:16s} " + " ".join(f"{r:6.3f}" for r in row))
+    print(f"{'mean':16s} " + " ".join(f"{r:6.3f}" for r in means))
 
 
 def bench_multi_fidelity(X, L, loss_columns, X60, columns60, L60, seeds: int) -> None:

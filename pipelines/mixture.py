@@ -1,10 +1,12 @@
-"""`sluice mixture propose|fit|suggest|predict|apply|report`: RegMix data-mixture optimisation
+"""`sluice mixture propose|fit|suggest|predict|schedule|apply|report`: RegMix data-mixture optimisation
 (Liu et al. 2024, arXiv:2407.01492) and shards sampled to the chosen mixture.
 
     propose  token counts (manifests or TOKENS.json) -> proxy-run mixtures (CSV: index, domains)
     fit      mixtures + proxy losses -> models, fit.json, mixture.json (the optimum), report.html
     suggest  runs so far (mixtures + losses) -> the next N mixtures to train (GP, batch EI)
     predict  a fitted model + mixtures -> index,predicted
+    schedule mixture.json -> mixture.json with a phase `schedule` (domain upsampling at the end, or
+             temperature sampling with a cooldown)
     apply    mixture.json + DOMAIN=PATH inputs + a token budget -> Arrow shards (the `mixture`
              stage through `run_job`), with the plan, epochs and repeat-cap hits in manifest.json
     report   re-render DIR/report.html with test sets, reference mixtures, a budget or an apply run
@@ -27,7 +29,7 @@ from classifiers.regmix import (LIGHTGBM, LINEAR, MODEL_KINDS, REGRESSORS, STACK
                                 sample_candidates, scale_transfer, suggest, token_prior)
 from pipelines.mixture_io import (FIT_FILE, INDEX, MIXTURE_FILE, MODEL_FILE, PER_TARGET,
                                   TRAIN_FILE, join,
-                                  load_model, read_csv, read_domain_tokens, write_csv)
+                                  load_model, read_csv, read_domain_tokens, short, write_csv)
 from transforms.core.config import ConfigError
 from transforms.core.extras import require
 from transforms.core.files import write_json_atomic
@@ -419,6 +421,52 @@ def _apply_phase(mixture, inputs: list[str], tokens: int, output: str, beam_args
     return plan
 
 
+def parse_factors(specs: list[str]) -> dict[str, float]:
+    factors = {}
+    for spec in specs:
+        domain, sep, value = spec.rpartition("=")
+        try:
+            factors[domain] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not domain:
+            raise ConfigError(f"--upsample expects DOMAIN=FACTOR, got '{spec}'")
+    return factors
+
+
+def cmd_schedule(args) -> int:
+    from transforms.mixture.sampling import load_schedule, load_weights
+    from transforms.mixture.schedule import (schedule_document, temperature_schedule,
+                                             upsampling_schedule)
+
+    if bool(args.upsample) == (args.temperature is not None):
+        raise ConfigError("give one recipe: --upsample DOMAIN=FACTOR ... or --temperature T")
+    if load_schedule(args.mixture):
+        raise ConfigError(f"'{args.mixture}' already has a schedule; start from a plain mixture")
+    with open(args.mixture, encoding="utf-8") as f:
+        source = json.load(f)
+    base = load_weights(args.mixture)
+    if args.upsample:
+        recipe = {"recipe": "upsample_end", "factors": parse_factors(args.upsample),
+                  "final_fraction": args.final_fraction, "keep_overall": args.keep_overall}
+        phases = upsampling_schedule(base, recipe["factors"], args.final_fraction,
+                                     args.keep_overall)
+    else:
+        recipe = {"recipe": "temperature", "temperature": args.temperature,
+                  "cooldown": args.cooldown, "steps": args.steps}
+        phases = temperature_schedule(base, args.temperature, args.cooldown, args.steps)
+    carried = {k: v for k, v in source.items()
+               if isinstance(source, dict) and k not in ("weights", "schedule")}
+    document = {**carried, **schedule_document(base, phases, recipe)}
+    write_json_atomic(args.output, document)
+    print(f"sluice mixture: {len(phases)}-phase schedule ({recipe['recipe']}) -> {args.output}")
+    for k, phase in enumerate(phases):
+        top = sorted(phase["weights"].items(), key=lambda kv: -kv[1])[:3]
+        print(f"  phase {k}: {phase['fraction']:.1%} of the tokens; top "
+              + ", ".join(f"{short(d)} {w:.3f}" for d, w in top))
+    return 0
+
+
 def cmd_apply(args) -> int:
     apply(args.mixture, args.inputs, args.tokens, args.output, args.beam_args, args.max_epochs,
           args.on_cap, args.seed)
@@ -524,6 +572,26 @@ def register(subparsers) -> None:
     p.add_argument("--output", required=True, metavar="CSV")
     p.add_argument("--kind", choices=list(MODEL_KINDS), help="default: the one fit chose")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("schedule", help="a phase schedule from a mixture (upsampling at the end, "
+                                        "or temperature sampling with a cooldown)")
+    p.add_argument("--mixture", required=True, metavar="mixture.json",
+                   help="the base mixture, e.g. fit's optimum")
+    p.add_argument("--output", required=True, metavar="mixture.json")
+    p.add_argument("--upsample", action="append", default=[], metavar="DOMAIN=FACTOR",
+                   help="sample DOMAIN FACTOR times more in the final phase (Blakeney et al. "
+                        "2024); repeatable")
+    p.add_argument("--final-fraction", type=float, default=0.15,
+                   help="share of the tokens in the upsampled final phase (default 0.15)")
+    p.add_argument("--keep-overall", action="store_true",
+                   help="lower the upsampled domains earlier so the run as a whole still "
+                        "samples the base mixture")
+    p.add_argument("--temperature", type=float,
+                   help="sample w ** (1/T), then cool down to the base mixture")
+    p.add_argument("--cooldown", type=float, default=0.2,
+                   help="share of the tokens over which T falls to 1 (default 0.2)")
+    p.add_argument("--steps", type=int, default=4, help="phases of the cooldown (default 4)")
+    p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("apply", help="write Arrow shards sampled to a mixture and token budget")
     p.add_argument("--mixture", required=True, metavar="mixture.json")

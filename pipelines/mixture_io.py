@@ -21,6 +21,13 @@ INDEX = "index"
 PER_TARGET = "per-target"  # the model label when `fit --choose scale` picked a kind per target
 
 
+def short(domain: str) -> str:
+    """Label for a domain or loss column: `train_the_pile_pile_cc` -> `pile_cc`."""
+    for prefix in ("metric/", "train_", "the_pile_"):
+        domain = domain[len(prefix):] if domain.startswith(prefix) else domain
+    return domain.removesuffix("_val_loss")
+
+
 def read_csv(path: str) -> tuple[list[str], list[str], np.ndarray]:
     """(index values as strings, column names, float matrix) of a CSV with an `index` column."""
     try:

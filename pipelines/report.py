@@ -23,10 +23,12 @@ from scipy.stats import spearmanr
 
 from classifiers.regmix import bootstrap_spearman, own_domain
 from pipelines.mixture_io import (FIT_FILE, MIXTURE_FILE, PER_TARGET, REPORT_FILE, TRAIN_FILE,
-                                  join, load_model, read_csv, read_domain_tokens)
+                                  join, load_model, read_csv, read_domain_tokens, short)
 from transforms.core.config import ConfigError
 from transforms.core.files import write_bytes_atomic
-from transforms.mixture.sampling import plan_sampling
+from pipelines.mixture_data import (applied_plan, applied_runs, data_sections,
+                                    schedule_section)
+from transforms.mixture.sampling import load_schedule, plan_sampling
 
 STYLE = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1280px;margin:2em auto;
@@ -86,13 +88,6 @@ class HtmlReport:
 
     def write(self, path: str) -> str:
         return write_bytes_atomic(path, self.render().encode("utf-8"))
-
-
-def short(domain: str) -> str:
-    """Plot label for a domain or loss column: `train_the_pile_pile_cc` -> `pile_cc`."""
-    for prefix in ("metric/", "train_", "the_pile_"):
-        domain = domain[len(prefix):] if domain.startswith(prefix) else domain
-    return domain.removesuffix("_val_loss")
 
 
 def load_reference(path: str, domains: list[str]) -> dict[str, float]:
@@ -349,10 +344,7 @@ def write_mixture_report(model_dir: str, evals: Optional[list[str]] = None,
 
     plan = None
     if applied:
-        with open(os.path.join(applied, "manifest.json"), encoding="utf-8") as f:
-            plan = json.load(f).get("mixture")
-        if plan is None:
-            raise ConfigError(f"'{applied}/manifest.json' has no mixture section: not an apply run")
+        plan = applied_plan(applied)  # None for a scheduled apply: its phases are drawn below
     elif tokens:
         counts = read_domain_tokens(domains) if domains else saved.get("tokens")
         if not counts:
@@ -360,7 +352,25 @@ def write_mixture_report(model_dir: str, evals: Optional[list[str]] = None,
         plan = plan_sampling(mixture["weights"], counts, tokens, max_epochs)
     if plan:
         _budget_section(report, plan, applied is not None)
-    else:
+    elif not applied:
         report.paragraph("No token budget given: run `sluice mixture report --tokens N` (with "
                          "token counts) or `--applied DIR` for the epochs per domain.")
+    if applied:
+        data_sections(report, applied)
+    elif mixture.get("schedule"):
+        schedule_section(report, load_schedule(os.path.join(model_dir, MIXTURE_FILE)))
     return report.write(os.path.join(model_dir, REPORT_FILE))
+
+
+def write_applied_report(applied: str) -> str:
+    """Render `applied/report.html` for an apply output alone (no fitted model): the budget
+    and epochs (or the schedule), tokens by licence, effective tokens; returns its path."""
+    summary, _ = applied_runs(applied)
+    report = HtmlReport("Mixture apply report",
+                        f"{applied} · " + (f"{len(summary['phases'])}-phase schedule"
+                                           if summary else "one mixture"))
+    plan = applied_plan(applied)
+    if plan:
+        _budget_section(report, plan, True)
+    data_sections(report, applied)
+    return report.write(os.path.join(applied, REPORT_FILE))

@@ -188,8 +188,27 @@ def _write_plan(plan: dict, output_dir: Optional[str]) -> None:
     write_json_atomic(FileSystems.join(output_dir, PLAN_FILE), plan)
 
 
+def stage_weights(config: "MixtureConfig") -> dict[str, float]:
+    """The weights the stage samples: the mixture's, or phase `config.phase` of its schedule.
+    A scheduled mixture without `phase` is an error rather than its overall weights, which would
+    silently drop the schedule."""
+    phases = load_schedule(config.mixture)
+    if phases and config.phase is None:
+        raise ConfigError(
+            f"mixture: the mixture has a {len(phases)}-phase schedule; run `sluice mixture "
+            f"apply`, which writes every phase, or set 'phase' (0-{len(phases) - 1}) with that "
+            f"phase's 'tokens'")
+    if config.phase is None:
+        return load_weights(config.mixture)
+    if not phases:
+        raise ConfigError("mixture: 'phase' is set but the mixture has no schedule")
+    if not 0 <= config.phase < len(phases):
+        raise ConfigError(f"mixture: 'phase' must be in 0-{len(phases) - 1}, got {config.phase}")
+    return phases[config.phase]["weights"]
+
+
 def make_plan(sources: dict, config: "MixtureConfig", output_dir: Optional[str]) -> dict:
-    plan = plan_sampling(load_weights(config.mixture),
+    plan = plan_sampling(stage_weights(config),
                          {s: c["tokens"] for s, c in sources.items()},
                          config.tokens, config.max_epochs, config.on_cap, config.epoch_caps)
     plan["seed"] = config.seed
@@ -233,7 +252,8 @@ class MixtureConfig:
     """`mixture`: a mixture.json path or `{source: weight}`; `tokens`: the budget (whitespace
     tokens, as in manifests); `max_epochs`: the repeat cap; `on_cap`: redistribute | shortfall;
     `epoch_caps`: per-source repeat caps overriding `max_epochs` (`apply` sets them per phase of
-    a schedule so that the phases together stay within `max_epochs`)."""
+    a schedule so that the phases together stay within `max_epochs`); `phase`: which phase of a
+    scheduled mixture to sample (required when the mixture has a `schedule`)."""
 
     mixture: Union[str, dict[str, float]]
     tokens: int
@@ -241,6 +261,7 @@ class MixtureConfig:
     on_cap: Literal["redistribute", "shortfall"] = "redistribute"
     seed: int = 0
     epoch_caps: Optional[dict[str, float]] = None
+    phase: Optional[int] = None
 
 
 class MixtureStage(Stage):
@@ -250,7 +271,7 @@ class MixtureStage(Stage):
 
     def __init__(self, config: MixtureConfig, context=None):
         super().__init__(config, context)
-        load_weights(config.mixture)  # fail at build time, not inside the pipeline
+        stage_weights(config)  # fail at build time, not inside the pipeline
         if config.tokens <= 0 or config.max_epochs <= 0:
             raise ConfigError("mixture: 'tokens' and 'max_epochs' must be positive")
 
