@@ -370,9 +370,14 @@ REGRESSORS = {LIGHTGBM: LightGBMRegressor, LINEAR: LinearRegressor, LAW: MixingL
               STACK: StackRegressor}
 
 
-def correlations(predicted: np.ndarray, observed: np.ndarray) -> dict:
-    return {"spearman": float(spearmanr(predicted, observed)[0]),
-            "pearson": float(pearsonr(predicted, observed)[0]), "n": int(len(observed))}
+def correlations(predicted: np.ndarray, observed: np.ndarray, seed: int = 0) -> dict:
+    """Spearman (with its 95% bootstrap interval over the runs), Pearson and the RMSE of
+    `predicted` (e.g. out-of-fold predictions) against `observed`."""
+    low, high = bootstrap_spearman(predicted, observed, seed=seed)
+    return {"spearman": float(spearmanr(predicted, observed)[0]), "low": low, "high": high,
+            "pearson": float(pearsonr(predicted, observed)[0]),
+            "rmse": float(np.sqrt(np.mean((np.asarray(predicted) - observed) ** 2))),
+            "n": int(len(observed))}
 
 
 def bootstrap_spearman(predicted: np.ndarray, observed: np.ndarray, samples: int = 1000,
@@ -516,6 +521,8 @@ def optimum(model: MixtureModel, prior: np.ndarray, config: ProposalConfig = Pro
     weights /= weights.sum()
     return {"weights": dict(zip(model.domains, weights.tolist())),
             "predicted": float(model.predict(weights[None, :])[0]),
+            "predicted_targets": {t: float(v[0]) for t, v in
+                                  model.predict_targets(weights[None, :]).items()},
             "top_k_predicted": [float(predicted[best].min()), float(predicted[best].max())],
             "candidates": int(len(simulated)), "top_k": top_k}
 

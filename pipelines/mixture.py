@@ -156,15 +156,16 @@ def fit(mixtures: str, losses: str, targets: list[str], kinds: list[str], output
         for target in objective:
             monotone = own_domain(target, domains)
             oof[(kind, target)] = cross_validate(kind, X, observed[target], config, monotone)
-            cv[kind][target] = correlations(oof[(kind, target)], observed[target])
+            cv[kind][target] = correlations(oof[(kind, target)], observed[target], config.seed)
             model = full[(kind, target)] = REGRESSORS[kind].fit(X, observed[target], config,
                                                                 monotone)
             saved_kinds[kind][target] = model.save(output, f"{kind}-{slug(target)}")
             importances[kind][target] = dict(zip(domains, model.importances().tolist()))
+            scores = cv[kind][target]
             log(f"sluice mixture: {kind:8s} {target}: cross-validated Spearman "
-                f"{cv[kind][target]['spearman']:.4f}")
+                f"{scores['spearman']:.4f} [{scores['low']:.3f}, {scores['high']:.3f}]")
         oof_objective = sum(w * oof[(kind, t)] for t, w in objective.items())
-        cv[kind]["objective"] = correlations(oof_objective, observed_objective)
+        cv[kind]["objective"] = correlations(oof_objective, observed_objective, config.seed)
     transfer, trivial = {}, {}
     for target in objective if scales else ():
         own = own_domain(target, domains)
@@ -199,8 +200,7 @@ def fit(mixtures: str, losses: str, targets: list[str], kinds: list[str], output
              "fit_config": asdict(config), "proposal": asdict(proposal),
              "prior": dict(zip(domains, prior.tolist())), "prior_source": prior_source,
              "tokens": tokens}
-    with open(os.path.join(output, MODEL_FILE), "w", encoding="utf-8") as f:
-        json.dump(saved, f, indent=2)
+    write_json_atomic(os.path.join(output, MODEL_FILE), saved)
     model, _ = load_model(output)
     caps = None
     try:
@@ -214,6 +214,8 @@ def fit(mixtures: str, losses: str, targets: list[str], kinds: list[str], output
                           "caps": dict(zip(domains, caps.tolist())),
                           "epochs": {d: best["weights"][d] * budget / tokens[d]
                                      if tokens[d] else 0.0 for d in domains}}
+    # Uncertainty of the optimum's predicted losses: the chosen kind's out-of-fold error.
+    best["predicted_rmse"] = {t: cv[model.kind_of(t)][t]["rmse"] for t in objective}
     mixture = {**best, "model": chosen if isinstance(chosen, str) else PER_TARGET,
                "target_models": chosen if isinstance(chosen, dict) else None,
                "targets": objective, "prior": saved["prior"],
@@ -224,8 +226,7 @@ def fit(mixtures: str, losses: str, targets: list[str], kinds: list[str], output
               "optimum_predicted": best["predicted"], "choose": choose,
               "scale_transfer": transfer, "scale_trivial": trivial, "scales": scales or []}
     for name, data in ((FIT_FILE, report), (MIXTURE_FILE, mixture)):
-        with open(os.path.join(output, name), "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
+        write_json_atomic(os.path.join(output, name), data)
     oof_columns = [(k, t) for k in kinds for t in objective]
     write_csv(os.path.join(output, TRAIN_FILE),
               [INDEX, *domains, *objective, *(f"cv/{k}/{t}" for k, t in oof_columns)],
