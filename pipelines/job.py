@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from dataclasses import field
 from typing import Annotated, Any, Literal, Optional
@@ -41,6 +42,7 @@ from pydantic import Field
 from pipelines.profile import write_profile
 from transforms.core.accounting import run_stats, summary
 from transforms.core.config import ConfigError, config_dataclass, is_local, parse, to_dict
+from transforms.core.extras import extra_requirements, recording_extras
 from transforms.core.files import sync_dir, write_json_atomic
 from transforms.core.stage import JobContext, build_stage, check_chain
 from transforms.io import schema
@@ -177,6 +179,26 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
         setup.setup_file = os.path.join(os.path.dirname(os.path.dirname(
             os.path.abspath(__file__))), "setup.py")
     return options, None
+
+
+def ship_extras(options: PipelineOptions, extras: set[str], log=print) -> None:
+    """Remote workers install the package from `--setup_file`, which brings the core only: when
+    the job's stages use extras, their pinned packages go to the workers as a
+    `--requirements_file` (unless one is given)."""
+    setup = options.view_as(SetupOptions)
+    if is_local(options) or not extras or setup.requirements_file:
+        return
+    lines = extra_requirements(extras)
+    if not lines:
+        log(f"sluice: the stages need the extras {sorted(extras)}, but this checkout is not "
+            "installed as a package: pass --requirements_file for the workers")
+        return
+    folder = tempfile.mkdtemp(prefix="sluice-requirements-")
+    setup.requirements_file = os.path.join(folder, "requirements.txt")
+    with open(setup.requirements_file, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    log(f"sluice: workers install the extras {', '.join(sorted(extras))} "
+        f"({', '.join(lines)}) via --requirements_file {setup.requirements_file}")
 
 
 # --- the output folder: staged whole, committed at once -----------------------------------------
@@ -453,7 +475,9 @@ def run_job(data: dict, beam_args: list[str], build_fn=build, log=print) -> dict
     with OutputTarget(job.output, run_id, dry_run, log) as target:
         context = JobContext(target.root, target.parts, job.sink)
         pipeline = beam.Pipeline(runner=runner, options=options)
-        build_fn(pipeline, job, context)
+        with recording_extras() as extras:
+            build_fn(pipeline, job, context)
+        ship_extras(options, extras, log)
         log(f"sluice: running {len(job.stages)} stage(s) "
             f"[{', '.join(next(iter(s)) for s in job.stages) or 'ingest only'}] -> {job.output}")
         try:

@@ -173,6 +173,33 @@ def test_dataflow_job_builds_offline(monkeypatch):
     logged = []
     assert run_job(data, args, log=logged.append) == {}
     assert "dry run" in logged[-1]
+    assert not any("requirements_file" in line for line in logged)  # core stages only
+
+
+def test_dataflow_workers_get_the_extras_the_stages_need(monkeypatch):
+    """A stage from an extra (pii's phone numbers: `cleaning`) ships its pinned packages to the
+    workers as a requirements file; a given --requirements_file is left alone."""
+    pytest.importorskip("apache_beam.runners.dataflow.dataflow_runner")
+    from transforms.io import ingest, schema
+
+    data = demo_config("gs://sluice-bucket/out")
+    data["input"] = [dict(spec, path="gs://sluice-bucket/in/" + os.path.basename(spec["path"]),
+                          format="jsonl") for spec in data["input"]]
+    data["stages"].append({"pii": {"phones": True}})
+    monkeypatch.setattr(ingest, "expand_inputs", lambda specs: [(i, s.path, 0) for i, s in enumerate(specs)])
+    monkeypatch.setattr(schema, "input_fields", lambda specs: set())
+    args = ["--runner=DataflowRunner", "--dry_run=True", "--no_auth", "--sdk_location=container",
+            "--project=sluice-project", "--region=us-central1",
+            "--temp_location=gs://sluice-bucket/tmp"]
+    logged = []
+    assert run_job(data, args, log=logged.append) == {}
+    (line,) = [line for line in logged if "requirements_file" in line]
+    path = line.rsplit(" ", 1)[1]
+    with open(path, encoding="utf-8") as f:
+        assert f.read().split() == ["phonenumbers==9.0.43", "pydivsufsort==0.0.20"]
+    logged.clear()
+    assert run_job(data, [*args, "--requirements_file", path], log=logged.append) == {}
+    assert not any("install the extras" in line for line in logged)
 
 
 def test_remote_runner_rejects_local_paths(tmp_path):

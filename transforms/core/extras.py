@@ -9,16 +9,23 @@ the extra of the stage or command that needs them (setup.py `extras_require`):
     tokens     tokenizers                     the `tokenize` stage and `sluice tokenize`
 
 `require` checks before anything runs (a stage's `__init__`, a command's start), so a missing
-extra is one line naming the `pip install` that fixes it, not an ImportError on a worker.
+extra is one line naming the `pip install` that fixes it, not an ImportError on a worker. It also
+records the extras a job's stages use (`recording_extras`), so a job for remote workers can have
+them installed there (`extra_requirements`: the pinned lines from the installed package's
+metadata, i.e. setup.py's `extras_require`).
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import importlib.util
+import re
 
 from transforms.core.config import ConfigError
 
 # Import name -> the distribution pip installs, where they differ.
 DISTRIBUTIONS = {"sklearn": "scikit-learn"}
+_RECORDERS: list[set[str]] = []
 
 
 def missing(*modules: str) -> list[str]:
@@ -38,7 +45,36 @@ def missing(*modules: str) -> list[str]:
 def require(extra: str, *modules: str, by: str) -> None:
     """Raise ConfigError `<by> needs <packages>: pip install "sluice[<extra>]"` unless every
     module imports. `by` names the user: "stage 'el2n'", "command 'mixture fit'"."""
+    for recorder in _RECORDERS:
+        recorder.add(extra)
     absent = missing(*modules)
     if absent:
         packages = ", ".join(DISTRIBUTIONS.get(m, m) for m in absent)
         raise ConfigError(f'{by} needs {packages}: pip install "sluice[{extra}]"')
+
+
+@contextlib.contextmanager
+def recording_extras():
+    """The set of extras `require`d while the block runs (e.g. while a job's stages are built)."""
+    extras: set[str] = set()
+    _RECORDERS.append(extras)
+    try:
+        yield extras
+    finally:
+        _RECORDERS.remove(extras)
+
+
+def extra_requirements(extras: set[str], distribution: str = "sluice") -> list[str]:
+    """The pip requirement lines of `extras`, as the installed distribution declares them (its
+    `extra == "..."` markers); empty when the project is not installed as a distribution."""
+    try:
+        declared = importlib.metadata.requires(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    lines = set()
+    for requirement in declared:
+        spec, _, marker = requirement.partition(";")
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
+        if extra and extra.group(1) in extras:
+            lines.add(spec.strip())
+    return sorted(lines)
