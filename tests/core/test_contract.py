@@ -118,3 +118,24 @@ def test_a_run_time_input_turns_unprovided_columns_into_notes(tmp_path, capsys):
     assert main(["check", str(config)]) == 0
     assert "stages.0.filter reads column 'label', which no earlier stage writes: the input must " \
            "carry it" in capsys.readouterr().out
+
+
+def test_unreadable_input_is_reported_as_unreadable_not_as_a_missing_column(tmp_path):
+    """When no sampled record can be read, the check cannot know the input's columns: the stage's
+    column becomes a note, and the run reports each unreadable record as a failure."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n" * 3)
+    data = {"input": [{"path": str(broken)}], "output": str(tmp_path / "out"),
+            "stages": [{"filter": {"column": "label", "values": [1]}}]}
+    notes = check_job(parse(JobConfig, data))
+    assert notes == ["stages.0.filter reads column 'label', which no earlier stage writes: the "
+                     "input must carry it"]
+    readable = tmp_path / "readable.jsonl"
+    readable.write_text('{"id": "a", "text": "some text"}\n')
+    data["input"] = [{"path": str(broken)}, {"path": str(readable)}]
+    with pytest.raises(ConfigError, match=r"stages\.0\.filter reads column 'label'"):
+        check_job(parse(JobConfig, data))
+    data["input"] = [{"path": str(broken)}]
+    data["allow_empty"] = True
+    stats = run_job(data, ["--direct_num_workers=1"], log=lambda *_: None)
+    assert stats["input"] == 3 and stats["failed"] == 3

@@ -8,6 +8,7 @@ of each input glob, mapped to documents exactly as ingest maps them.
 from __future__ import annotations
 
 import itertools
+from typing import Optional
 
 from transforms.io.ingest import (READERS, Failure, InputSpec, expand_inputs, format_of,
                                   source_from_path, to_document)
@@ -16,10 +17,13 @@ FILES_PER_INPUT = 4
 RECORDS_PER_FILE = 200
 
 
-def input_fields(specs: list[InputSpec]) -> set[str]:
+def input_fields(specs: list[InputSpec]) -> Optional[set[str]]:
     """Every document field seen in a sample of each input (raises ConfigError for an input
-    glob that matches no file, as the job would)."""
+    glob that matches no file, as the job would); None when no sampled file gave a readable
+    document, so the check does not report columns as missing from input it could not read (the
+    run reports the unreadable records)."""
     fields: set[str] = set()
+    readable = False
     seen: dict[int, int] = {}
     for index, path, _size in expand_inputs(specs):
         if seen.get(index, 0) >= FILES_PER_INPUT:
@@ -34,10 +38,11 @@ def input_fields(specs: list[InputSpec]) -> set[str]:
                 doc = to_document(dict(record), spec, source_from_path(path))
                 if not isinstance(doc, Failure):
                     fields.update(doc)
+                    readable = True
         except Exception:  # an unreadable file is ingest's to report, with its records counted
             continue
         finally:
             close = getattr(records, "close", None)
             if close:
                 close()
-    return fields
+    return fields if readable else None
