@@ -43,7 +43,8 @@ from pipelines.profile import write_profile
 from transforms.core.accounting import run_stats, summary
 from transforms.core.config import ConfigError, config_dataclass, is_local, parse, to_dict
 from transforms.core.extras import extra_requirements, recording_extras
-from transforms.core.files import sync_dir, write_json_atomic
+from transforms.core.files import (check_exclusive_create, create_exclusive, sync_dir,
+                                   write_json_atomic)
 from transforms.core.stage import JobContext, build_stage, check_chain
 from transforms.io import schema
 from transforms.io.ingest import IngestConfig, InputSpec, ReadDocuments
@@ -239,11 +240,14 @@ class OutputTarget:
     previous complete output or the new one (between the renames, under `OUTPUT.old-*` until the
     next run puts it back). The staging folder is removed when a run fails.
 
-    Object stores (gs://, s3://) have no folder rename and no lock: `manifest.json` is the commit
-    marker. The commit deletes the old `OUTPUT/manifest.json` first, then every other old file,
-    moves the staged files in and `manifest.json` last, so a folder without a manifest is an
-    unfinished commit (the next run redoes it). Stale `OUTPUT.staging-*` prefixes of killed runs
-    are deleted at the next start; two concurrent runs into one remote output are not detected.
+    Object stores (gs://, s3://) have no folder rename and no flock. The lock is the object
+    `OUTPUT.lock`, created only if absent (`create_exclusive`: a conditional put), so a second run
+    fails at once naming the holder; the run deletes it when it ends, and a run killed outright
+    leaves it behind: the error then says to delete it by hand once that run is known dead.
+    `manifest.json` is the commit marker: the commit deletes the old `OUTPUT/manifest.json` first,
+    then every other old file, moves the staged files in and `manifest.json` last, so a folder
+    without a manifest is an unfinished commit (the next run redoes it). With the lock held, stale
+    `OUTPUT.staging-*` prefixes of killed runs are deleted.
     """
 
     RUN_ID = r"\d{8}T\d{6}-[0-9a-f]{8}"
@@ -258,18 +262,13 @@ class OutputTarget:
         self.log = log
         self.committed = False
         self._lock: Optional[int] = None
+        self._remote_lock: Optional[str] = None
 
     def __enter__(self) -> "OutputTarget":
         if self.dry_run:
             return self
-        if self.remote:
-            stale = [m.path for m in FileSystems.match(
-                [f"{self.output}.staging-*/**"])[0].metadata_list]
-            if stale:
-                FileSystems.delete(stale)
-            return self
         try:
-            self._prepare_local()
+            self._prepare_remote() if self.remote else self._prepare_local()
         except BaseException:
             self._unlock()
             raise
@@ -337,14 +336,49 @@ class OutputTarget:
         self._lock = fd
         try:
             os.ftruncate(fd, 0)
-            os.write(fd, f"run {self.run_id} (pid {os.getpid()} on {socket.gethostname()})\n"
-                     .encode())
+            os.write(fd, f"{self._holder()}\n".encode())
             os.fsync(fd)
         except OSError as exc:
             raise OutputError(f"output '{self.output}' is not writable: {exc.strerror or exc} "
                               f"('{path}')") from None
 
+    def _holder(self) -> str:
+        return (f"run {self.run_id} (pid {os.getpid()} on {socket.gethostname()}, started "
+                f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')})")
+
+    # object stores --------------------------------------------------------------------------------
+
+    def _prepare_remote(self) -> None:
+        if self.output.split("://", 1)[0] in ("gs", "s3"):
+            self._lock_remote()
+        else:
+            self.log(f"sluice: no lock on '{self.output}' (conditional creates are used on gs:// "
+                     "and s3:// only): do not run two jobs into it at once")
+        stale = [m.path for m in FileSystems.match(
+            [f"{self.output}.staging-*/**"])[0].metadata_list]
+        if stale:
+            FileSystems.delete(stale)
+
+    def _lock_remote(self) -> None:
+        path = f"{self.output}.lock"
+        check_exclusive_create(self.output, "output")
+        if not create_exclusive(path, self._holder().encode()):
+            try:
+                with FileSystems.open(path) as f:
+                    holder = f.read(300).decode("utf-8", "replace").strip()
+            except (OSError, IOError):
+                holder = "another run"
+            raise OutputError(f"output '{self.output}' is being written by {holder} (lock "
+                              f"'{path}'; if that run is dead, delete the lock)")
+        self._remote_lock = path
+
     def _unlock(self) -> None:
+        if self._remote_lock is not None:
+            try:
+                FileSystems.delete([self._remote_lock])
+            except (OSError, IOError) as exc:
+                self.log(f"sluice: could not delete the lock '{self._remote_lock}': {exc}")
+            self._remote_lock = None
         if self._lock is not None:
             try:
                 os.unlink(f"{self.output}.lock")

@@ -26,14 +26,14 @@ from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.corpus import (INDEX, VERSIONS, Corpus, CorpusLocked, Version,
-                              check_exclusive_create, diff, new_attempt_id)
+from pipelines.corpus import INDEX, VERSIONS, Corpus, CorpusLocked, Version, diff, new_attempt_id
 from pipelines.job import config_hash, load_config, run_job
 from transforms.cleaning.line_dedup import INDEX_UPDATE as LINE_INDEX_UPDATE
 from transforms.cleaning.line_dedup import LineDedupConfig
 from transforms.cleaning.line_dedup import commit_index as commit_line_index
 from transforms.core.config import ConfigError, parse
 from transforms.core.extras import require
+from transforms.core.files import check_exclusive_create
 from transforms.dedup.index import commit as commit_index
 from transforms.dedup.stage import DedupConfig
 

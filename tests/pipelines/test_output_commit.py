@@ -324,3 +324,72 @@ def test_a_run_that_reads_no_records_fails_unless_allowed(tmp_path, capsys):
     assert read_json(tmp_path / "out" / "manifest.json")["totals"]["rows"] == 0
     with pytest.raises(ConfigError, match="hold no records"):
         run_job(job([str(empty)], tmp_path / "out2"), IN_PROCESS, **QUIET)
+
+
+def test_two_runs_into_one_object_store_output_are_refused(monkeypatch):
+    """gs:// has no flock: the lock is an object created only if absent. No bucket is reachable
+    here, so a fake client checks the conditional create and a fake FileSystems holds the
+    objects. The second run fails naming the first and deletes none of its staged files; a
+    killed run's staging is cleared by the next run that holds the lock."""
+    import fnmatch
+    import io
+    import types
+
+    from google.api_core.exceptions import PreconditionFailed
+    from google.cloud import storage
+
+    import pipelines.job as job
+
+    objects: dict[str, bytes] = {}
+
+    class Blob:
+        def __init__(self, name):
+            self.name = name
+
+        def upload_from_string(self, data, content_type=None, if_generation_match=None):
+            assert if_generation_match == 0
+            if self.name in objects:
+                raise PreconditionFailed("exists")
+            objects[self.name] = data
+
+    class Client:
+        def bucket(self, bucket):
+            return types.SimpleNamespace(blob=lambda name: Blob(f"gs://{bucket}/{name}"))
+
+    class Store:
+        @staticmethod
+        def match(patterns):
+            return [types.SimpleNamespace(metadata_list=[
+                types.SimpleNamespace(path=p) for p in sorted(objects)
+                if fnmatch.fnmatchcase(p, pattern)]) for pattern in patterns]
+
+        @staticmethod
+        def delete(paths):
+            for path in paths:
+                del objects[path]
+
+        @staticmethod
+        def open(path):
+            return io.BytesIO(objects[path])
+
+    monkeypatch.setattr(storage, "Client", Client)
+    monkeypatch.setattr(job, "FileSystems", Store)
+    killed = "gs://b/out.staging-20261201T000000-cccccccc/documents/part-0.arrow"
+    objects[killed] = b"left by a killed run"
+    first = OutputTarget("gs://b/out", "20261202T000000-aaaaaaaa", log=lambda *_: None)
+    first.__enter__()
+    assert objects["gs://b/out.lock"].startswith(b"run 20261202T000000-aaaaaaaa (pid ")
+    assert killed not in objects
+    staged = f"{first.root}/documents/part-0.arrow"
+    objects[staged] = b"the first run's shard"
+    second = OutputTarget("gs://b/out", "20261202T000001-bbbbbbbb", log=lambda *_: None)
+    with pytest.raises(OutputError, match=r"being written by run 20261202T000000-aaaaaaaa .*"
+                                          r"if that run is dead, delete the lock"):
+        second.__enter__()
+    assert objects[staged] == b"the first run's shard"  # untouched by the refused run
+    assert "gs://b/out.lock" in objects  # still the first run's
+    first.__exit__(None, None, None)  # failed before committing: its staging goes, the lock too
+    assert objects == {}
+    with second:
+        assert objects["gs://b/out.lock"].startswith(b"run 20261202T000001-bbbbbbbb")
+    assert objects == {}

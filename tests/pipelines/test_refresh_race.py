@@ -234,7 +234,7 @@ def test_object_store_commits_are_conditional_creates(monkeypatch):
     from google.api_core.exceptions import PreconditionFailed
     from google.cloud import storage
 
-    from pipelines.corpus import create_exclusive
+    from transforms.core.files import create_exclusive
 
     objects: dict[str, bytes] = {}
 

@@ -16,6 +16,8 @@ import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.core.config import ConfigError
+
 RAW = CompressionTypes.UNCOMPRESSED
 
 
@@ -88,6 +90,76 @@ def sync_dir(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_exclusive_create(root: str, what: str = "corpus") -> None:
+    """Fail before any work where `create_exclusive` cannot work at `root` (a `what`, named in
+    the message)."""
+    scheme = root.split("://", 1)[0] if "://" in root else ""
+    try:
+        if scheme == "gs":
+            import google.cloud.storage  # noqa: F401
+        elif scheme == "s3":
+            import boto3  # noqa: F401
+        elif scheme:
+            raise ConfigError(f"{what} '{root}': no conditional create on {scheme}:// "
+                              "(use a local folder, gs:// or s3://)")
+    except ImportError as exc:
+        extra = ' (pip install "sluice[s3]")' if scheme == "s3" else ""
+        raise ConfigError(f"{what} '{root}': {scheme}:// needs {exc.name}{extra} "
+                          "(for its conditional create)") from None
+
+
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Create `path` holding `data` unless it exists; True if this call created it. The file
+    appears whole or not at all. Local: written and fsynced under a unique temporary name, then
+    `os.link`ed to `path` (fails if `path` exists). gs://: an upload with `if_generation_match=0`.
+    s3://: a put with `If-None-Match: *`. (A retried request may find the object its own first
+    try created: the caller compares the contents.)"""
+    if path.startswith("gs://"):
+        from google.api_core.exceptions import PreconditionFailed
+        from google.cloud import storage
+
+        bucket, _, name = path[len("gs://"):].partition("/")
+        try:
+            storage.Client().bucket(bucket).blob(name).upload_from_string(
+                data, content_type="application/json", if_generation_match=0)
+        except PreconditionFailed:
+            return False
+        return True
+    if path.startswith("s3://"):
+        import boto3
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path[len("s3://"):].partition("/")
+        try:
+            boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in (
+                    "PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                return False
+            raise
+        return True
+    check_exclusive_create(path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+    finally:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+    sync_dir(folder)
+    return True
 
 
 def _remove_quietly(path: str) -> None:
