@@ -476,11 +476,19 @@ def cmd_apply(args) -> int:
 
 def cmd_report(args) -> int:
     require("mixture", "matplotlib", by="command 'mixture report'")
-    from pipelines.report import write_mixture_report
+    from pipelines.report import write_applied_report, write_mixture_report
 
-    path = write_mixture_report(args.model, evals=args.eval, compare=args.compare,
-                                tokens=args.tokens, max_epochs=args.max_epochs,
-                                domains=args.domains, applied=args.applied)
+    if not args.model and not args.applied:
+        raise ConfigError("mixture report needs --model DIR (a fit) or --applied DIR "
+                          "(an apply output), or both")
+    if not args.model:
+        if args.eval or args.compare or args.tokens or args.domains:
+            raise ConfigError("--eval, --compare, --tokens and --domains need --model")
+        path = write_applied_report(args.applied)
+    else:
+        path = write_mixture_report(args.model, evals=args.eval, compare=args.compare,
+                                    tokens=args.tokens, max_epochs=args.max_epochs,
+                                    domains=args.domains, applied=args.applied)
     print(f"sluice mixture: report -> {path}")
     return 0
 
@@ -605,8 +613,10 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("report", help="render DIR/report.html for a fitted model")
-    p.add_argument("--model", required=True, metavar="DIR")
+    p = sub.add_parser("report", help="render DIR/report.html for a fitted model and/or an "
+                                      "apply output")
+    p.add_argument("--model", metavar="DIR",
+                   help="a fitted model (its report.html); without it, --applied DIR gets one")
     p.add_argument("--eval", action="append", default=[], metavar="NAME=MIXTURES.csv,LOSSES.csv",
                    help="unseen runs to score the fit on (repeatable)")
     p.add_argument("--compare", action="append", default=[], metavar="NAME=MIXTURE",
@@ -615,5 +625,7 @@ def register(subparsers) -> None:
                    help="token counts for the budget table (default: those given to fit)")
     p.add_argument("--tokens", type=int, help="token budget for the epochs table")
     p.add_argument("--max-epochs", type=float, default=4.0)
-    p.add_argument("--applied", metavar="DIR", help="an `apply` output to report on")
+    p.add_argument("--applied", metavar="DIR",
+                   help="an `apply` output to report on: budget or schedule, tokens by "
+                        "licence, effective tokens")
     p.set_defaults(func=cmd_report)

@@ -22,12 +22,12 @@ from matplotlib.figure import Figure  # the `mixture` extra: `sluice refresh` im
 from scipy.stats import spearmanr
 
 from classifiers.regmix import bootstrap_spearman, own_domain
+from pipelines.mixture_data import (applied_plan, applied_runs, data_sections,
+                                    schedule_section)
 from pipelines.mixture_io import (FIT_FILE, MIXTURE_FILE, PER_TARGET, REPORT_FILE, TRAIN_FILE,
                                   join, load_model, read_csv, read_domain_tokens, short)
 from transforms.core.config import ConfigError
 from transforms.core.files import write_bytes_atomic
-from pipelines.mixture_data import (applied_plan, applied_runs, data_sections,
-                                    schedule_section)
 from transforms.mixture.sampling import load_schedule, plan_sampling
 
 STYLE = """

@@ -34,6 +34,7 @@ def documents_and_rejects(batches, label: str, fn: beam.DoFn, *side_inputs):
 # Stage name in YAML -> "module:Class". Modules import lazily so a job loads only what it uses.
 STAGES: dict[str, str] = {
     "mixture": "transforms.mixture.sampling:MixtureStage",
+    "license_filter": "transforms.mixture.licenses:LicenseFilter",
     "el2n": "transforms.selection.el2n:El2n",
     "sensitivity": "transforms.selection.sensitivity:Sensitivity",
     "select": "transforms.selection.select:Select",

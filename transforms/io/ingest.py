@@ -33,6 +33,7 @@ from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
 from transforms.core.accounting import FAILED_PREFIX, INPUT, Rejects, count
+from transforms.core.columns import LICENSE
 from transforms.core.config import ConfigError, config_dataclass, local_workers
 from transforms.core.documents import ID, SOURCE, TEXT, URL, batch_from_rows, content_id
 from transforms.core.files import read_arrow_batches
@@ -44,11 +45,15 @@ FORMATS = ("jsonl", "parquet", "arrow", "warc", "wet")
 
 @config_dataclass
 class InputSpec:
-    """One input glob. `source` names the domain for mixing (default: the file's name stem)."""
+    """One input glob. `source` names the domain for mixing (default: the file's name stem);
+    `license` is the licence id of its records (`CC-BY-SA-3.0`, `Apache-2.0`: see
+    `transforms.mixture.licenses`), put in the `license` column of each record that does not
+    carry a `license` string of its own (a record's own licence is the more precise one)."""
 
     path: str
     format: Literal["auto", "jsonl", "parquet", "arrow", "warc", "wet"] = "auto"
     source: Optional[str] = None
+    license: Optional[str] = None
     text_field: str = "text"
     id_field: str = "id"
     url_field: str = "url"
@@ -363,6 +368,8 @@ def to_document(record: dict, spec: InputSpec, default_source: str) -> dict | Fa
     for key, value in record.items():
         if key not in doc and key not in (SOURCE, URL):
             doc[key] = value
+    if spec.license and not (isinstance(doc.get(LICENSE), str) and doc[LICENSE].strip()):
+        doc[LICENSE] = spec.license
     return doc
 
 

@@ -29,6 +29,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from pydantic import Field
 
 from transforms.core.accounting import KEPT, count
+from transforms.core.columns import LICENSE
 from transforms.core.config import config_dataclass
 from transforms.core.documents import ID, SOURCE, TEXT, conform, unify
 from transforms.core.files import read_arrow_batches
@@ -71,22 +72,34 @@ class _HashingFile:
 
 
 def shard_stats(table: pa.Table) -> dict:
-    """Rows, characters, (ASCII) whitespace tokens and per-source docs/tokens of one shard's
-    rows."""
-    stats = {"rows": table.num_rows, "chars": 0, "tokens": 0, "sources": {}}
+    """Rows, characters, (ASCII) whitespace tokens, and docs/tokens per source and per licence
+    (the `license` column, when the rows have one; `NO_LICENSE` for a null) of one shard's rows."""
+    stats = {"rows": table.num_rows, "chars": 0, "tokens": 0, "sources": {}, "licenses": {}}
     if TEXT not in table.column_names or not table.num_rows:
         return stats
     text = table.column(TEXT)
     tokens = whitespace_tokens(text)
     stats["chars"] = int(pc.sum(pc.utf8_length(text)).as_py() or 0)
     stats["tokens"] = int(pc.sum(tokens).as_py() or 0)
-    if SOURCE in table.column_names:
-        grouped = pa.table({"source": table.column(SOURCE), "tokens": tokens}).group_by(
-            "source").aggregate([("tokens", "sum"), ("tokens", "count")])
-        for source, n_tokens, n_docs in zip(*(grouped.column(c).to_pylist() for c in
-                                              ("source", "tokens_sum", "tokens_count"))):
-            stats["sources"][str(source)] = {"docs": n_docs, "tokens": n_tokens}
+    for column, key, null in ((SOURCE, "sources", "None"), (LICENSE, "licenses", NO_LICENSE)):
+        if column in table.column_names:
+            stats[key] = _by_value(table.column(column), tokens, null)
     return stats
+
+
+NO_LICENSE = "(none)"  # the licence key of rows whose `license` is null
+
+
+def _by_value(values, tokens, null: str) -> dict:
+    """{str(value): {"docs", "tokens"}} over the rows, `null` standing for a null value."""
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = pa.array([None if v is None else str(v) for v in values.to_pylist()],
+                          pa.string())
+    grouped = pa.table({"value": values, "tokens": tokens}).group_by("value").aggregate(
+        [("tokens", "sum"), ("tokens", "count")])
+    return {null if value is None else str(value): {"docs": n_docs, "tokens": n_tokens}
+            for value, n_tokens, n_docs in zip(*(grouped.column(c).to_pylist() for c in
+                                                 ("value", "tokens_sum", "tokens_count")))}
 
 
 def whitespace_tokens(text):
@@ -157,7 +170,7 @@ class ShardWriter:
             compression=None if config.compression == "none" else config.compression))
         self.rows_bytes = 0
         self.first_id: Optional[str] = None
-        self.stats = {"rows": 0, "chars": 0, "tokens": 0, "sources": {}}
+        self.stats = {"rows": 0, "chars": 0, "tokens": 0, "sources": {}, "licenses": {}}
 
     def accepts(self, schema: pa.Schema) -> bool:
         return schema.equals(self.schema) or unify([self.schema, schema]).equals(self.schema)
@@ -203,6 +216,7 @@ def _add_stats(total: dict, stats: dict) -> None:
     for key in ("rows", "chars", "tokens"):
         total[key] += stats[key]
     _add_sources(total["sources"], stats["sources"])
+    _add_sources(total["licenses"], stats.get("licenses", {}))
 
 
 def _add_sources(total: dict, sources: dict) -> None:
@@ -308,14 +322,17 @@ def finalize_output(entries: list[dict], staging_dir: str, final_dir: str, split
     if stale:
         FileSystems.delete(stale)
     sources: dict[str, dict] = {}
+    licenses: dict[str, dict] = {}
     for shard in shards:
         _add_sources(sources, shard.pop("sources"))
+        _add_sources(licenses, shard.pop("licenses", {}))
     return {
         "path": final_dir,
         "split": split,
         "shards": shards,
         "totals": {key: sum(s[key] for s in shards) for key in ("rows", "bytes", "chars", "tokens")},
         "sources": dict(sorted(sources.items())),
+        **({"licenses": dict(sorted(licenses.items()))} if licenses else {}),
         "schema": [{"name": f.name, "type": str(f.type)} for f in schema] if schema else [],
     }
 
