@@ -549,6 +549,7 @@ def run_job(data: dict, beam_args: list[str], build_fn=build, log=print) -> dict
             "config_hash": config_hash(data),
             "totals": outputs[DOCUMENTS]["totals"],
             "sources": _with_token_counts(outputs[DOCUMENTS]["sources"], stats),
+            "licenses": outputs[DOCUMENTS].get("licenses", {}),
             "outputs": outputs,
             "stats": stats,
         }
