@@ -256,11 +256,24 @@ def write_mixture_report(model_dir: str, evals: Optional[list[str]] = None,
                      f"LightGBM stops early on a {saved['fit_config']['validation_fraction']:.0%} "
                      "validation split of each training fold, never on evaluation data.")
     kinds = list(fit["cross_validation"])
-    rows = [[short(t), *(fit["cross_validation"][k][t]["spearman"] for k in kinds),
+
+    def spearman(scores: dict) -> str:  # fits before the intervals were recorded have none
+        interval = f" [{scores['low']:.3f}, {scores['high']:.3f}]" if "low" in scores else ""
+        return f"{scores['spearman']:.3f}{interval}"
+
+    rows = [[short(t), *(spearman(fit["cross_validation"][k][t]) for k in kinds),
              *(fit["cross_validation"][k][t]["pearson"] for k in kinds)]
             for t in [*targets, "objective"] if len(targets) > 1 or t != "objective"]
-    report.table(["target", *(f"{k} Spearman" for k in kinds), *(f"{k} Pearson" for k in kinds)],
-                 rows)
+    report.table(["target", *(f"{k} Spearman [95% bootstrap]" for k in kinds),
+                  *(f"{k} Pearson" for k in kinds)], rows)
+    predicted = mixture.get("predicted_targets")
+    if predicted:
+        rmse = mixture.get("predicted_rmse", {})
+        report.paragraph("Predicted loss of the chosen mixture per target, ± the chosen model's "
+                         "out-of-fold RMSE on the proxy runs (its typical error on a mixture it "
+                         "was not fit on): " + "; ".join(
+                             f"{short(t)} {v:.4f}" + (f" ± {rmse[t]:.4f}" if t in rmse else "")
+                             for t, v in predicted.items()) + ".")
     panels = [(f"CV · {short(t)}", column[f"cv/{model.kind_of(t)}/{t}"], column[t])
               for t in targets]
     transfer = fit.get("scale_transfer") or {}

@@ -220,6 +220,9 @@ def test_report_is_self_contained_with_the_requested_sections(fitted, tmp_path):
     assert len(images) >= 4 and all(i.startswith("data:image/png;base64,") for i in images)
     assert base64.b64decode(images[0].split(",", 1)[1]).startswith(b"\x89PNG")
     assert "http://" not in page and "https://" not in page
+    # Per-target uncertainty: bootstrap intervals on the CV Spearman, ± RMSE on the prediction.
+    assert re.search(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]", page)
+    assert re.search(r"pile_cc \d\.\d{4} ± 0\.\d{4}", page)
     # A budget far beyond the tokens available caps small domains at 4 epochs.
     assert "Repeat cap hit by" in page
     assert main(["mixture", "report", "--model", str(out), "--tokens", "1000"]) == 0
