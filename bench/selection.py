@@ -1,10 +1,11 @@
 """Selection benchmark on real text (Wikipedia revisions + DCLM pages, ../shared/data).
 
-1. Estimator error: the corpus mean of a proxy LM's per-document loss, estimated from the stage's
-   sample at its DEFAULT settings (k = m clusters, lambda auto, draws balanced over clusters;
-   Axiotis et al. 2024: `sum_S w l / N`) vs the mean of a uniform sample of the same size m
-   (baseline), and of m + k = 2m (the same number of loss evaluations); RMSE over 20 seeds
-   (clusters fitted once per m), ratios sensitivity / uniform, plus the spec's plain i.i.d. draw.
+1. Estimator error: the corpus mean of a proxy LM's per-document loss (a third loss beside
+   bench/sensitivity.py's two), estimated from the stage's sample: the default `stratified`
+   design (char n-gram strata) and the `clusters` design (k = m clusters, lambda auto, draws
+   balanced over clusters; Axiotis et al. 2024: `sum_S w l / N`), vs the mean of a uniform sample
+   of the same size m (baseline), and of m + k = 2m (the clusters design's evaluations); RMSE over
+   20 seeds (clusters and strata fitted once per m), plus the spec's plain i.i.d. draw.
 2. EL2N rank stability across seeds: bench/el2n.py (byte LM, token LM, classifier).
 3. Time per 10k documents of whole `sluice` jobs (ingest -> stage -> shards) vs the same job
    with no stage (baseline, same run). The machine is shared: compare the ratios, not the seconds.
@@ -28,7 +29,8 @@ os.environ.setdefault("SLUICE_QUIET", "1")
 from classifiers.embeddings import EmbeddingConfig, load_embedder  # noqa: E402
 from classifiers.proxy import ProxyConfig, train_proxy  # noqa: E402
 from pipelines.job import run_job  # noqa: E402
-from transforms.selection.sensitivity import draw_in_memory, values_in_memory  # noqa: E402
+from transforms.selection.sensitivity import (draw_in_memory, projection_strata,  # noqa: E402
+                                              stratum_of, values_in_memory)
 
 # the byte LM that was the default text proxy before the token LM (issue #20): 512 bytes, width 32
 BYTE_LM = {"lm": "bytes", "context": 128, "width": 32, "layers": 1, "heads": 2,
@@ -56,17 +58,21 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def estimator_errors(loss, embeddings, sizes, seeds):
-    """RMSE over `seeds` draws of the stage's default estimate of mean(loss) (k = m clusters,
-    lambda auto, draws balanced over clusters) vs uniform samples of m and of m + k documents."""
+def estimator_errors(loss, embeddings, char_embeddings, sizes, seeds):
+    """RMSE over `seeds` draws of the stage's estimates of mean(loss): stratified (default) and
+    clusters (k = m, lambda auto, balanced draws), vs uniform samples of m and m + k documents."""
     n, truth = len(loss), loss.mean()
     rows = []
     for m in sizes:
         cluster, values = values_in_memory(embeddings, loss, m)
         probability = values / values.sum()
-        errors = {"sensitivity": [], "iid": [], "uniform": [], "uniform_m_plus_k": []}
+        _, strata = stratum_of(char_embeddings, projection_strata(char_embeddings, m))
+        errors = {"stratified": [], "sensitivity": [], "iid": [], "uniform": [],
+                  "uniform_m_plus_k": []}
         for seed in range(seeds):
             rng = np.random.default_rng([seed, 99])
+            errors["stratified"].append(
+                (draw_in_memory(np.ones(n), strata, m, seed) * loss).sum() / m - truth)
             for name, strata in (("sensitivity", cluster), ("iid", np.zeros_like(cluster))):
                 counts = draw_in_memory(values, strata, m, seed)
                 errors[name].append((counts * loss / (m * probability)).sum() / n - truth)
@@ -110,16 +116,18 @@ def main(argv=None) -> int:
     embeddings, embed_s = timed(embedder.embed, texts)
     print(f"embeddings: {args.embedder} {embeddings.shape[1]}-d, {embed_s / n * 1e4:.0f}s per 10k "
           f"docs", flush=True)
-    truth, table = estimator_errors(loss, embeddings, sizes, args.seeds)
-    print(f"\n1. estimating the corpus mean loss {truth:.4f} nats/byte at the stage defaults "
-          f"(k = m, lambda auto, balanced draws); RMSE over {args.seeds} seeds; "
-          f"ratio = sensitivity / uniform (< 1: sensitivity better)")
-    print(f"{'m':>6} {'sensitivity':>12} {'iid draw':>9} {'uniform(m)':>11} {'ratio':>6} "
-          f"{'uniform(m+k)':>13} {'equal-cost ratio':>17}")
+    chars = load_embedder(EmbeddingConfig(model="char_ngrams")).embed(texts)
+    truth, table = estimator_errors(loss, embeddings, chars, sizes, args.seeds)
+    print(f"\n1. estimating the corpus mean loss {truth:.4f} nats/byte; RMSE over {args.seeds} "
+          f"seeds; ratios to uniform(m) (< 1: better); clusters = the k = m design "
+          f"({args.embedder}), which spends m + k evaluations")
+    print(f"{'m':>6} {'stratified':>11} {'ratio':>6} {'clusters':>9} {'ratio':>6} "
+          f"{'iid draw':>9} {'uniform(m)':>11} {'uniform(m+k)':>13} {'clusters/u(m+k)':>16}")
     for m, e in table:
-        print(f"{m:>6} {e['sensitivity']:>12.5f} {e['iid']:>9.5f} {e['uniform']:>11.5f} "
-              f"{e['sensitivity'] / e['uniform']:>6.2f} {e['uniform_m_plus_k']:>13.5f} "
-              f"{e['sensitivity'] / e['uniform_m_plus_k']:>17.2f}", flush=True)
+        print(f"{m:>6} {e['stratified']:>11.5f} {e['stratified'] / e['uniform']:>6.2f} "
+              f"{e['sensitivity']:>9.5f} {e['sensitivity'] / e['uniform']:>6.2f} "
+              f"{e['iid']:>9.5f} {e['uniform']:>11.5f} {e['uniform_m_plus_k']:>13.5f} "
+              f"{e['sensitivity'] / e['uniform_m_plus_k']:>16.2f}", flush=True)
 
     print("\n2. EL2N rank stability across seeds: python bench/el2n.py")
     if args.skip_jobs:
@@ -137,8 +145,9 @@ def main(argv=None) -> int:
             "el2n, token LM (2 models, 300 train docs)": [{"el2n": {"proxy": {
                 "models": 2, "threads": 1, "train_docs": 300}}}],
             "el2n, classifier (4 models)": [{"el2n": {"proxy": {"label_field": "label"}}}],
-            "sensitivity, hashed, --loss-field": [{"sensitivity": {
-                "size": 200, "loss_field": "proxy_loss"}}],
+            "sensitivity, stratified (default)": [{"sensitivity": {"size": 200}}],
+            "sensitivity, clusters, hashed, loss_field": [{"sensitivity": {
+                "size": 200, "design": "clusters", "loss_field": "proxy_loss"}}],
         }
         print(f"\n3. whole jobs on {n} docs, 2 worker processes (FnApiRunner)")
         baseline = None

@@ -477,7 +477,18 @@ def check_job(job: JobConfig, sample_input: bool = True) -> list[str]:
     ConfigError; returns notes (optional columns that nothing provides)."""
     stages = [build_stage(entry, index, JobContext("", "", job.sink))
               for index, entry in enumerate(job.stages)]
-    return check_chain(stages, schema.input_fields(job.input) if sample_input else None)
+    if not sample_input:
+        return check_chain(stages, None)
+    fields = schema.input_fields(job.input)
+    try:
+        return check_chain(stages, fields)
+    except ConfigError:
+        if fields is None:
+            raise
+        # the first records may lack a column later ones carry (JSONL has no schema): read
+        # further before refusing the job
+        deeper = schema.input_fields(job.input, schema.DEEP_RECORDS_PER_FILE)
+        return check_chain(stages, deeper)
 
 
 def check_workers_reach(job: JobConfig, options: PipelineOptions) -> None:

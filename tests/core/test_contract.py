@@ -139,3 +139,18 @@ def test_unreadable_input_is_reported_as_unreadable_not_as_a_missing_column(tmp_
     data["allow_empty"] = True
     stats = run_job(data, ["--direct_num_workers=1"], log=lambda *_: None)
     assert stats["input"] == 3 and stats["failed"] == 3
+
+
+def test_a_column_that_appears_only_after_the_first_records_is_found(tmp_path):
+    """JSONL has no schema: when the first records lack a column a stage reads, the check reads
+    further before refusing the job (a column nowhere in the file is still refused)."""
+    mixed = tmp_path / "mixed.jsonl"
+    rows = [{"id": f"w{i}", "text": "plain text"} for i in range(500)]
+    rows += [{"id": f"d{i}", "text": "labelled text", "label": 1} for i in range(5)]
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = {"input": [{"path": str(mixed)}], "output": str(tmp_path / "out"),
+            "stages": [{"filter": {"column": "label", "values": [1]}}]}
+    assert check_job(parse(JobConfig, data)) == []
+    data["stages"] = [{"filter": {"column": "labl", "values": [1]}}]
+    with pytest.raises(ConfigError, match="did you mean 'label'"):
+        check_job(parse(JobConfig, data))

@@ -15,9 +15,11 @@ from transforms.io.ingest import (READERS, Failure, InputSpec, expand_inputs, fo
 
 FILES_PER_INPUT = 4
 RECORDS_PER_FILE = 200
+DEEP_RECORDS_PER_FILE = 100_000  # before a column is called missing (JSONL has no schema)
 
 
-def input_fields(specs: list[InputSpec]) -> Optional[set[str]]:
+def input_fields(specs: list[InputSpec],
+                 records_per_file: int = RECORDS_PER_FILE) -> Optional[set[str]]:
     """Every document field seen in a sample of each input (raises ConfigError for an input
     glob that matches no file, as the job would); None when no sampled file gave a readable
     document, so the check does not report columns as missing from input it could not read (the
@@ -32,7 +34,7 @@ def input_fields(specs: list[InputSpec]) -> Optional[set[str]]:
         spec = specs[index]
         records = READERS[format_of(spec, path)](path)
         try:
-            for record in itertools.islice(records, RECORDS_PER_FILE):
+            for record in itertools.islice(records, records_per_file):
                 if isinstance(record, Failure):
                     continue
                 doc = to_document(dict(record), spec, source_from_path(path))
