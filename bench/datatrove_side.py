@@ -67,3 +67,9 @@ def minhash_dedup(corpus: str, out: str, workers: int) -> None:
     for i, (pipeline, tasks) in enumerate(steps):
         LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=workers,
                               logging_dir=f"{logs}/{i}").run()
+
+
+if __name__ == "__main__":  # `python bench/datatrove_side.py CORPUS OUT WORKERS`: no Sluice imports
+    import sys
+
+    minhash_dedup(sys.argv[1], sys.argv[2], int(sys.argv[3]))

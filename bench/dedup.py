@@ -32,7 +32,6 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from datatrove_side import minhash_dedup  # noqa: E402  (bench/datatrove_side.py)
 from measure import measured  # noqa: E402  (bench/measure.py)
 
 from transforms.dedup import eval as dedup_eval  # noqa: E402
@@ -70,8 +69,9 @@ def run_sluice(corpus: Path, out: Path, workers: int) -> tuple[float, float, dic
 
 
 def run_datatrove(corpus: Path, out: Path, workers: int) -> tuple[float, float, dict]:
-    wall, peak = measured([sys.executable, __file__, "_datatrove", str(corpus), str(out),
-                           str(workers)])
+    # datatrove_side.py imports no Sluice, Beam or pyarrow: datatrove's memory is its own
+    wall, peak = measured([sys.executable, str(Path(__file__).with_name("datatrove_side.py")),
+                           str(corpus), str(out), str(workers)])
     cluster_of = {}
     for folder in ("kept", "removed"):
         for path in (out / folder).glob("*.jsonl*"):
@@ -111,9 +111,6 @@ def signature_throughput(corpus: list[dict]) -> tuple[float, float]:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "_datatrove":
-        minhash_dedup(sys.argv[2], sys.argv[3], int(sys.argv[4]))
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)

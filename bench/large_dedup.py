@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from datatrove_side import minhash_dedup  # bench/datatrove_side.py: no Sluice imports
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SLUICE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -171,7 +170,8 @@ def run_sluice(corpus: Path, out: Path, workers: int) -> dict:
 
 
 def run_datatrove(python: str, corpus: Path, out: Path, workers: int) -> dict:
-    result = measured([python, __file__, "_datatrove", str(corpus), str(out), str(workers)])
+    result = measured([python, str(Path(__file__).with_name("datatrove_side.py")), str(corpus),
+                       str(out), str(workers)])
     result["removed"] = 0
     for path in (out / "removed").glob("*.jsonl*"):
         import gzip
@@ -182,9 +182,6 @@ def run_datatrove(python: str, corpus: Path, out: Path, workers: int) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "_datatrove":
-        minhash_dedup(sys.argv[2], sys.argv[3], int(sys.argv[4]))
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--block-mb", type=float, default=125.0)
     parser.add_argument("--blocks", type=int, nargs="+", default=[2, 4, 8])
