@@ -436,17 +436,19 @@ def parse_factors(specs: list[str]) -> dict[str, float]:
 
 
 def cmd_schedule(args) -> int:
-    from transforms.mixture.sampling import load_schedule, load_weights
+    from transforms.mixture.sampling import load_schedule, load_weights, read_mixture
     from transforms.mixture.schedule import (schedule_document, temperature_schedule,
                                              upsampling_schedule)
 
     if bool(args.upsample) == (args.temperature is not None):
         raise ConfigError("give one recipe: --upsample DOMAIN=FACTOR ... or --temperature T")
-    if load_schedule(args.mixture):
+    source = read_mixture(args.mixture)
+    if load_schedule(source):
         raise ConfigError(f"'{args.mixture}' already has a schedule; start from a plain mixture")
-    with open(args.mixture, encoding="utf-8") as f:
-        source = json.load(f)
-    base = load_weights(args.mixture)
+    # a mixture.json keeps its other keys (fit's prediction, prior, ...); a bare mapping has none
+    carried = ({k: v for k, v in source.items() if k not in ("weights", "schedule")}
+               if isinstance(source, dict) and "weights" in source else {})
+    base = load_weights(source)
     if args.upsample:
         recipe = {"recipe": "upsample_end", "factors": parse_factors(args.upsample),
                   "final_fraction": args.final_fraction, "keep_overall": args.keep_overall}
@@ -456,8 +458,6 @@ def cmd_schedule(args) -> int:
         recipe = {"recipe": "temperature", "temperature": args.temperature,
                   "cooldown": args.cooldown, "steps": args.steps}
         phases = temperature_schedule(base, args.temperature, args.cooldown, args.steps)
-    carried = {k: v for k, v in source.items()
-               if isinstance(source, dict) and k not in ("weights", "schedule")}
     document = {**carried, **schedule_document(base, phases, recipe)}
     write_json_atomic(args.output, document)
     print(f"sluice mixture: {len(phases)}-phase schedule ({recipe['recipe']}) -> {args.output}")

@@ -39,15 +39,22 @@ PLAN_FILE = "mixture_plan.json"
 UNSAMPLED, UNKNOWN_SOURCE = "mixture_unsampled", "mixture_source_not_in_mixture"
 
 
+def read_mixture(mixture: Union[str, dict]) -> Union[dict, list]:
+    """A mixture.json's content (a path read through FileSystems), or the mapping as given."""
+    if not isinstance(mixture, str):
+        return mixture
+    try:
+        with FileSystems.open(mixture) as f:
+            return json.loads(f.read())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read mixture '{mixture}': {exc}") from None
+
+
 def load_weights(mixture: Union[str, dict[str, float]]) -> dict[str, float]:
-    """Normalised weights from a mapping or a mixture.json (its `weights`, or the mapping itself)."""
-    if isinstance(mixture, str):
-        try:
-            with FileSystems.open(mixture) as f:
-                data = json.loads(f.read())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read mixture '{mixture}': {exc}") from None
-        mixture = data.get("weights", data) if isinstance(data, dict) else data
+    """Normalised weights from a mixture.json (path or content: its `weights`) or a mapping."""
+    mixture = read_mixture(mixture)
+    if isinstance(mixture, dict) and isinstance(mixture.get("weights"), dict):
+        mixture = mixture["weights"]
     if not isinstance(mixture, dict) or not mixture or not all(
             isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
             for w in mixture.values()):
@@ -61,12 +68,7 @@ def load_weights(mixture: Union[str, dict[str, float]]) -> dict[str, float]:
 def load_schedule(mixture: Union[str, dict]) -> Optional[list[dict]]:
     """The phases of a mixture.json `schedule` (`[{fraction, weights}, ...]`, fractions of the
     token budget summing to 1, weights normalised), or None when it has none."""
-    if isinstance(mixture, str):
-        try:
-            with FileSystems.open(mixture) as f:
-                mixture = json.loads(f.read())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read mixture '{mixture}': {exc}") from None
+    mixture = read_mixture(mixture)
     schedule = mixture.get("schedule") if isinstance(mixture, dict) else None
     if schedule is None:
         return None
@@ -192,14 +194,15 @@ def stage_weights(config: "MixtureConfig") -> dict[str, float]:
     """The weights the stage samples: the mixture's, or phase `config.phase` of its schedule.
     A scheduled mixture without `phase` is an error rather than its overall weights, which would
     silently drop the schedule."""
-    phases = load_schedule(config.mixture)
+    mixture = read_mixture(config.mixture)  # once: both the schedule and the weights come from it
+    phases = load_schedule(mixture)
     if phases and config.phase is None:
         raise ConfigError(
             f"mixture: the mixture has a {len(phases)}-phase schedule; run `sluice mixture "
             f"apply`, which writes every phase, or set 'phase' (0-{len(phases) - 1}) with that "
             f"phase's 'tokens'")
     if config.phase is None:
-        return load_weights(config.mixture)
+        return load_weights(mixture)
     if not phases:
         raise ConfigError("mixture: 'phase' is set but the mixture has no schedule")
     if not 0 <= config.phase < len(phases):
