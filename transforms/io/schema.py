@@ -15,7 +15,7 @@ from transforms.io.ingest import (READERS, Failure, InputSpec, expand_inputs, fo
 
 FILES_PER_INPUT = 4
 RECORDS_PER_FILE = 200
-DEEP_RECORDS_PER_FILE = 100_000  # before a column is called missing (JSONL has no schema)
+DEEP_RECORDS_PER_FILE = 100_000  # JSONL, before a column is called missing (it has no schema)
 
 
 def input_fields(specs: list[InputSpec],
@@ -32,9 +32,12 @@ def input_fields(specs: list[InputSpec],
             continue
         seen[index] = seen.get(index, 0) + 1
         spec = specs[index]
-        records = READERS[format_of(spec, path)](path)
+        file_format = format_of(spec, path)
+        records = READERS[file_format](path)
+        # only JSONL records differ in their fields: the other formats show them all at once
+        limit = records_per_file if file_format == "jsonl" else RECORDS_PER_FILE
         try:
-            for record in itertools.islice(records, records_per_file):
+            for record in itertools.islice(records, limit):
                 if isinstance(record, Failure):
                     continue
                 doc = to_document(dict(record), spec, source_from_path(path))
